@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/qvl-dev/qvl/loader"
 	"github.com/qvl-dev/qvl/runtime/kvcache"
 	"github.com/qvl-dev/qvl/runtime/model"
 	"github.com/qvl-dev/qvl/runtime/sample"
@@ -89,7 +90,8 @@ type Stats struct {
 // the steps run on one goroutine (Run) or are driven by the caller (Step).
 type Engine struct {
 	m           Model
-	spec        model.Spec
+	spec        model.Spec // fixed fields only; the projector's live in proj
+	proj        atomic.Pointer[projSpec]
 	cfg         Config
 	kv          *kvcache.Manager
 	sc          scheduler
@@ -99,6 +101,7 @@ type Engine struct {
 	mu      sync.Mutex
 	pending []*seqState
 	cancels []*seqState
+	calls   []call
 	closed  bool
 	wake    chan struct{}
 	ids     atomic.Uint64
@@ -109,6 +112,12 @@ type Engine struct {
 	batch  model.Batch
 	spanOf []rowSpan
 	now    time.Time
+}
+
+// call is a function to run on the step goroutine between steps.
+type call struct {
+	fn   func() error
+	done chan error
 }
 
 // rowSpan records where a scheduled request's rows and logits sit in the step's batch.
@@ -150,6 +159,7 @@ func New(m Model, cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{m: m, spec: spec, cfg: cfg, kv: kv, wake: make(chan struct{}, 1)}
+	e.proj.Store(&projSpec{inputDim: spec.ProjectorInputDim, tokens: spec.ProjectorTokens})
 	e.sc = scheduler{kv: kv, maxSeqs: cfg.MaxNumSeqs, maxTokens: cfg.MaxNumBatchedTokens}
 	e.maxModelLen = cfg.NumBlocks * cfg.BlockSize
 	if spec.MaxPositions > 0 {
@@ -175,7 +185,12 @@ func New(m Model, cfg Config) (*Engine, error) {
 func (e *Engine) MaxModelLen() int { return e.maxModelLen }
 
 // Spec describes the engine's model.
-func (e *Engine) Spec() model.Spec { return e.spec }
+func (e *Engine) Spec() model.Spec {
+	s := e.spec
+	p := e.proj.Load()
+	s.ProjectorInputDim, s.ProjectorTokens = p.inputDim, p.tokens
+	return s
+}
 
 // Submit validates a request and queues it. Invalid requests fail at once with an error
 // wrapping ErrInvalid that names what is wrong.
@@ -260,6 +275,71 @@ func (e *Engine) cancel(s *seqState) {
 	e.cancels = append(e.cancels, s)
 	e.mu.Unlock()
 	e.signal()
+}
+
+// Do runs fn on the step goroutine between two steps, where it may use the model and its
+// backend, and returns fn's error. The engine must be running (Run) or be stepped.
+func (e *Engine) Do(ctx context.Context, fn func() error) error {
+	c := call{fn: fn, done: make(chan error, 1)}
+	e.mu.Lock()
+	e.calls = append(e.calls, c)
+	e.mu.Unlock()
+	e.signal()
+	select {
+	case err := <-c.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Projector is implemented by models that can run their projector outside a step.
+type Projector interface {
+	// Project maps n proprietary embeddings [n·D] to their n·K tokens [n·K, H].
+	Project(emb []float32) ([]float32, error)
+}
+
+// Project runs the model's projector on proprietary embeddings between steps (e.g. to cache
+// the tokens of a catalog item). It returns [n·K, H] for n = len(emb)/D.
+func (e *Engine) Project(ctx context.Context, emb []float32) ([]float32, error) {
+	p, ok := e.m.(Projector)
+	if !ok {
+		return nil, fmt.Errorf("this model cannot project embeddings")
+	}
+	var out []float32
+	err := e.Do(ctx, func() error {
+		var err error
+		out, err = p.Project(emb)
+		return err
+	})
+	return out, err
+}
+
+// projSpec is the loaded projector's shape, swapped atomically with the projector.
+type projSpec struct{ inputDim, tokens int }
+
+// ProjectorSwapper is implemented by models whose projector can be replaced while serving.
+type ProjectorSwapper interface {
+	// SwapProjector replaces the projector (nil removes it) and returns the model's new Spec.
+	SwapProjector(p *loader.Projector) (model.Spec, error)
+}
+
+// SwapProjector replaces the model's projector between steps. Requests whose custom
+// embeddings (Image.Custom) are projected in a later step use the new projector; tokens already
+// computed, and images given as embeddings, are unaffected.
+func (e *Engine) SwapProjector(ctx context.Context, p *loader.Projector) error {
+	sw, ok := e.m.(ProjectorSwapper)
+	if !ok {
+		return fmt.Errorf("this model cannot swap its projector")
+	}
+	return e.Do(ctx, func() error {
+		spec, err := sw.SwapProjector(p)
+		if err != nil {
+			return err
+		}
+		e.proj.Store(&projSpec{inputDim: spec.ProjectorInputDim, tokens: spec.ProjectorTokens})
+		return nil
+	})
 }
 
 // Close stops accepting requests; Run returns once the queued and running ones have finished.
@@ -388,9 +468,12 @@ func (e *Engine) forward(work []scheduled) (logits []float32, err error) {
 // intake moves submitted requests into the scheduler and applies cancellations.
 func (e *Engine) intake() {
 	e.mu.Lock()
-	pending, cancels := e.pending, e.cancels
-	e.pending, e.cancels = nil, nil
+	pending, cancels, calls := e.pending, e.cancels, e.calls
+	e.pending, e.cancels, e.calls = nil, nil, nil
 	e.mu.Unlock()
+	for _, c := range calls {
+		c.done <- c.fn()
+	}
 	for _, s := range pending {
 		e.sc.add(s)
 	}

@@ -76,7 +76,7 @@ type imageSpan struct {
 
 // validate checks a request against the model and the engine's limits and lays out its images.
 func (e *Engine) validate(r *Request) ([]imageSpan, error) {
-	spec := e.spec
+	spec := e.Spec()
 	if len(r.Prompt) == 0 {
 		return nil, invalid("the prompt is empty")
 	}

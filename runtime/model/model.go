@@ -72,7 +72,8 @@ type Model struct {
 
 	s scratch
 
-	closers []func() error
+	closers   []func() error
+	projClose func() error
 }
 
 // Options configure Load and Open.
@@ -112,7 +113,7 @@ func Open(b ml.Backend, dir string, o Options) (*Model, error) {
 	}
 	m.closers = append(m.closers, ck.Close)
 	if proj != nil {
-		m.closers = append(m.closers, proj.Close)
+		m.projClose = proj.Close
 	}
 	return m, nil
 }
@@ -164,24 +165,62 @@ func Load(b ml.Backend, ck *loader.Checkpoint, cfg *loader.ModelConfig, proj *lo
 	default:
 		w.fail(fmt.Errorf("%s: lm_head.weight is missing and tie_word_embeddings is false", ck.Dir))
 	}
-	if proj != nil {
-		pc := proj.Config
-		if pc.OutputDim != h {
-			return nil, fmt.Errorf("projector output_dim %d differs from the model's hidden size %d", pc.OutputDim, h)
-		}
-		m.Projector = &pc
-		m.proj = &ml.Projector{
-			FC1: w.tensor(proj.FC1W, []int{pc.HiddenDim, pc.InputDim}),
-			B1:  w.tensor(proj.FC1B, []int{pc.HiddenDim}),
-			FC2: w.tensor(proj.FC2W, []int{pc.TokensPerEmbedding * pc.OutputDim, pc.HiddenDim}),
-			B2:  w.tensor(proj.FC2B, []int{pc.TokensPerEmbedding * pc.OutputDim}),
-			K:   pc.TokensPerEmbedding, H: pc.OutputDim, TanhGELU: pc.Activation == "gelu_pytorch_tanh",
-		}
-	}
 	if w.err != nil {
 		return nil, w.err
 	}
+	if proj != nil {
+		if err := m.setProjector(proj, w); err != nil {
+			return nil, err
+		}
+	}
 	return m, nil
+}
+
+// setProjector uploads a projector's weights and makes it the model's projector.
+func (m *Model) setProjector(proj *loader.Projector, w *weights) error {
+	pc := proj.Config
+	if pc.OutputDim != m.Config.HiddenSize {
+		return fmt.Errorf("projector output_dim %d differs from the model's hidden size %d", pc.OutputDim, m.Config.HiddenSize)
+	}
+	p := &ml.Projector{
+		FC1: w.tensor(proj.FC1W, []int{pc.HiddenDim, pc.InputDim}),
+		B1:  w.tensor(proj.FC1B, []int{pc.HiddenDim}),
+		FC2: w.tensor(proj.FC2W, []int{pc.TokensPerEmbedding * pc.OutputDim, pc.HiddenDim}),
+		B2:  w.tensor(proj.FC2B, []int{pc.TokensPerEmbedding * pc.OutputDim}),
+		K:   pc.TokensPerEmbedding, H: pc.OutputDim, TanhGELU: pc.Activation == loader.ActivationGELUTanh,
+	}
+	if w.err != nil {
+		return w.err
+	}
+	m.Projector, m.proj = &pc, p
+	return nil
+}
+
+// SwapProjector replaces the model's projector with proj (nil removes it) and returns the new
+// Spec. The loaded files must stay open while the model uses them; the model closes them on
+// Close, and the old projector's files when it is replaced.
+func (m *Model) SwapProjector(proj *loader.Projector) (Spec, error) {
+	old := m.proj
+	if proj == nil {
+		m.Projector, m.proj = nil, nil
+	} else if err := m.setProjector(proj, &weights{b: m.b}); err != nil {
+		return m.Spec(), err
+	}
+	if old != nil {
+		for _, t := range []ml.Tensor{old.FC1, old.B1, old.FC2, old.B2} {
+			m.b.Free(t)
+		}
+	}
+	if m.projClose != nil {
+		m.projClose()
+	}
+	m.projClose = nil
+	if proj != nil {
+		m.projClose = proj.Close
+	}
+	// The custom-embedding scratch buffer depends on the projector's input size.
+	m.s.free(m.b)
+	return m.Spec(), nil
 }
 
 // InitCache allocates the paged KV cache: numBlocks blocks of blockSize tokens in every layer.
@@ -231,6 +270,10 @@ func (m *Model) Close() error {
 	m.freeCache()
 	m.s.free(m.b)
 	var err error
+	if m.projClose != nil {
+		err = m.projClose()
+		m.projClose = nil
+	}
 	for _, c := range m.closers {
 		if e := c(); e != nil && err == nil {
 			err = e
