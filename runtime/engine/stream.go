@@ -108,6 +108,14 @@ func (st *Stream) Next(ctx context.Context) (Event, error) {
 	}
 }
 
+// Drop discards the events queued so far (for callers that only need the request to run).
+func (st *Stream) Drop() {
+	st.mu.Lock()
+	clear(st.q)
+	st.q = st.q[:0]
+	st.mu.Unlock()
+}
+
 // Cancel stops the request at the engine's next step and frees its cache blocks; the stream
 // then ends with a FinishCancelled event.
 func (st *Stream) Cancel() { st.e.cancel(st.s) }

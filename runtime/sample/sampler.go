@@ -221,20 +221,25 @@ func argmax(row []float32) int32 {
 func (s *State) sampleAll(row []float32) int32 {
 	invT := 1 / float64(s.p.Temperature)
 	m := float64(row[argmax(row)])
+	w := s.probs[:0]
 	var total float64
 	for _, v := range row {
+		p := 0.0
 		if v == v {
-			total += math.Exp((float64(v) - m) * invT)
+			p = math.Exp((float64(v) - m) * invT)
 		}
+		w = append(w, p)
+		total += p
 	}
+	s.probs = w
 	u := s.rng.Float64() * total
 	var acc float64
 	last := int32(0)
-	for i, v := range row {
-		if v != v {
+	for i, p := range w {
+		if p == 0 {
 			continue
 		}
-		acc += math.Exp((float64(v) - m) * invT)
+		acc += p
 		last = int32(i)
 		if acc > u {
 			return last
