@@ -11,6 +11,7 @@ import (
 type Backend struct {
 	name string
 	k    kernels
+	prof profile
 }
 
 // Options configure the CPU backend.
@@ -217,7 +218,9 @@ func (b *Backend) EmbedProject(out ml.Tensor, a ml.EmbedArgs) error {
 			return err
 		}
 	}
+	t0 := b.prof.begin()
 	embedRef(f32(out), h, toks, cast(a.Table), f32(a.Visual), i32(a.VisualIdx), f32(a.Custom), i32(a.CustomIdx), i32(a.CustomSrc), p)
+	b.prof.end("EmbedProject", t0)
 	return nil
 }
 
@@ -236,7 +239,9 @@ func (b *Backend) MatMul(out, x, w ml.Tensor) error {
 		return err
 	}
 	n, k := x.Shape()[0], x.Shape()[1]
+	t0 := b.prof.begin()
 	b.k.matmul(f32(out), f32(x), cast(w), n, k, w.Shape()[0])
+	b.prof.end("MatMul", t0)
 	return nil
 }
 
@@ -245,7 +250,9 @@ func (b *Backend) RMSNorm(out, x, w ml.Tensor, eps float32) error {
 	if err := ml.CheckRMSNorm(out, x, w); err != nil {
 		return err
 	}
+	t0 := b.prof.begin()
 	b.k.rmsNorm(f32(out), f32(x), cast(w), x.Shape()[1], eps)
+	b.prof.end("RMSNorm", t0)
 	return nil
 }
 
@@ -254,7 +261,9 @@ func (b *Backend) AddRMSNorm(out, x, delta, w ml.Tensor, eps float32) error {
 	if err := ml.CheckAddRMSNorm(out, x, delta, w); err != nil {
 		return err
 	}
+	t0 := b.prof.begin()
 	b.k.addRMSNorm(f32(out), f32(x), f32(delta), cast(w), x.Shape()[1], eps)
+	b.prof.end("AddRMSNorm", t0)
 	return nil
 }
 
@@ -263,7 +272,9 @@ func (b *Backend) SwiGLU(out, gu ml.Tensor) error {
 	if err := ml.CheckSwiGLU(out, gu); err != nil {
 		return err
 	}
+	t0 := b.prof.begin()
 	b.k.swiglu(f32(out), f32(gu), out.Shape()[1])
+	b.prof.end("SwiGLU", t0)
 	return nil
 }
 
@@ -275,7 +286,9 @@ func (b *Backend) ScatterAdd(x, rows, idx ml.Tensor) error {
 	if err := checkRowIndex("ScatterAdd", "idx", i32(idx), x.Shape()[0]); err != nil {
 		return err
 	}
+	t0 := b.prof.begin()
 	scatterAddRef(f32(x), f32(rows), i32(idx), x.Shape()[1])
+	b.prof.end("ScatterAdd", t0)
 	return nil
 }
 
@@ -287,7 +300,9 @@ func (b *Backend) Gather(out, x, idx ml.Tensor) error {
 	if err := checkRowIndex("Gather", "idx", i32(idx), x.Shape()[0]); err != nil {
 		return err
 	}
+	t0 := b.prof.begin()
 	gatherRef(f32(out), f32(x), i32(idx), x.Shape()[1])
+	b.prof.end("Gather", t0)
 	return nil
 }
 
@@ -303,7 +318,9 @@ func (b *Backend) QKV(qkv ml.Tensor, a ml.QKVArgs) error {
 	if err := checkRowIndex("QKV", "slots", slots, a.Layout.NumBlocks*a.Layout.BlockSize); err != nil {
 		return err
 	}
+	t0 := b.prof.begin()
 	b.k.qkv(f32(qkv), f32(a.Q), cast(a.QNorm), cast(a.KNorm), i32(a.Pos), slots, f32(a.K), f32(a.V), a)
+	b.prof.end("QKV", t0)
 	return nil
 }
 
@@ -333,7 +350,9 @@ func (b *Backend) Attention(out, q ml.Tensor, a ml.AttnArgs) error {
 			}
 		}
 	}
+	t0 := b.prof.begin()
 	b.k.attention(f32(out), f32(q), f32(a.K), f32(a.V), seqStart, ctxLen, tables, a)
+	b.prof.end("Attention", t0)
 	return nil
 }
 

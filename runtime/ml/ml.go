@@ -17,6 +17,7 @@ package ml
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // DType is the element type of a backend tensor.
@@ -264,4 +265,24 @@ type Backend interface {
 	Sync() error
 	// Close releases the backend.
 	Close() error
+}
+
+// OpTime is the time a backend spent in one op or kernel.
+type OpTime struct {
+	// Name is the op (CPU) or kernel (GPU) name.
+	Name string
+	// Calls counts launches; Total is their summed duration.
+	Calls int64
+	Total time.Duration
+}
+
+// Profiler is implemented by backends that can time their ops (the CPU backend with the wall
+// clock, the CUDA backend with events around each kernel).
+type Profiler interface {
+	// SetProfiling turns timing on or off; timing may slow the backend down.
+	SetProfiling(on bool)
+	// Profile returns the times gathered since the last reset, largest first.
+	Profile() []OpTime
+	// ResetProfile clears the gathered times.
+	ResetProfile()
 }
