@@ -42,19 +42,21 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	var tokens []int
 	for {
 		ev, err := st.Next(ctx)
 		if err != nil {
 			break
 		}
 		if ev.Token >= 0 {
-			fmt.Print(ev.Token, " ")
+			tokens = append(tokens, ev.Token)
 		}
 		if ev.Finish != "" {
-			fmt.Printf("\nfinish=%s prompt=%d completion=%d\n", ev.Finish, ev.Usage.PromptTokens, ev.Usage.CompletionTokens)
+			fmt.Println(tokens)
+			fmt.Printf("finish=%s prompt=%d completion=%d\n", ev.Finish, ev.Usage.PromptTokens, ev.Usage.CompletionTokens)
 		}
 	}
 	// Output:
-	// 32 27 432 651 651
+	// [32 27 432 651 651]
 	// finish=length prompt=9 completion=5
 }
