@@ -53,11 +53,11 @@ var Shapes = map[string]Shape{
 	"tiny": {Name: "tiny", Hidden: 128, Layers: 4, Heads: 4, KVHeads: 2, HeadDim: 32, Inter: 384, Tied: true,
 		MRope: [3]int{6, 5, 5}, DeepStack: 3, MaxPositions: 32768, ProjIn: 256, ProjMid: 512, ProjTokens: 4},
 	"qwen3-vl-2b": {Name: "qwen3-vl-2b", Hidden: 2048, Layers: 28, Heads: 16, KVHeads: 8, HeadDim: 128, Inter: 6144, Tied: true,
-		MRope: [3]int{24, 20, 20}, DeepStack: 3, MaxPositions: defaultMaxLength, ProjIn: 1024, ProjMid: 4096, ProjTokens: 8},
+		MRope: [3]int{24, 20, 20}, DeepStack: 3, MaxPositions: defaultMaxLength, ProjIn: 1024, ProjMid: 4096, ProjTokens: 4},
 	"qwen3-vl-4b": {Name: "qwen3-vl-4b", Hidden: 2560, Layers: 36, Heads: 32, KVHeads: 8, HeadDim: 128, Inter: 9728, Tied: true,
-		MRope: [3]int{24, 20, 20}, DeepStack: 3, MaxPositions: defaultMaxLength, ProjIn: 1024, ProjMid: 4096, ProjTokens: 8},
+		MRope: [3]int{24, 20, 20}, DeepStack: 3, MaxPositions: defaultMaxLength, ProjIn: 1024, ProjMid: 4096, ProjTokens: 4},
 	"qwen3-vl-8b": {Name: "qwen3-vl-8b", Hidden: 4096, Layers: 36, Heads: 32, KVHeads: 8, HeadDim: 128, Inter: 12288, Tied: false,
-		MRope: [3]int{24, 20, 20}, DeepStack: 3, MaxPositions: defaultMaxLength, ProjIn: 1024, ProjMid: 4096, ProjTokens: 8},
+		MRope: [3]int{24, 20, 20}, DeepStack: 3, MaxPositions: defaultMaxLength, ProjIn: 1024, ProjMid: 4096, ProjTokens: 4},
 }
 
 // ShapeNames lists the known shapes.
