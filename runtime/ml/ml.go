@@ -286,3 +286,27 @@ type Profiler interface {
 	// ResetProfile clears the gathered times.
 	ResetProfile()
 }
+
+// SampleParams are one row's parameters for sampling on the device.
+type SampleParams struct {
+	// Temperature 0 selects greedy (argmax, lowest id on ties).
+	Temperature float32
+	// TopK keeps the k most likely tokens (0: all); TopP the smallest best-first set reaching
+	// that mass (0 or 1: all); MinP drops tokens below MinP times the best one's probability (0: off).
+	TopK       int
+	TopP, MinP float32
+	// Uniform is the row's random draw in [0, 1), taken from the request's own seeded stream on
+	// the host, so that a request's tokens do not depend on what else shares the batch.
+	Uniform float32
+}
+
+// DeviceSampler is implemented by backends that sample on the device, so that only token ids
+// cross to the host. Its results are checked against package sample, the CPU reference.
+type DeviceSampler interface {
+	// TopK writes, for each row of logits [B, V], its k[r] ≤ maxK largest entries best first
+	// (ties: lower id first) into ids and vals [B, maxK]; entries past k[r] are unspecified.
+	TopK(logits Tensor, k []int, maxK int, ids []int32, vals []float32) error
+	// Sample draws one token per row of logits [B, V] under p[r]; filtered rows draw by inverse
+	// CDF over the kept tokens best first, unfiltered rows over all tokens in id order.
+	Sample(logits Tensor, p []SampleParams, out []int32) error
+}
