@@ -5,13 +5,15 @@ import (
 
 	"github.com/qvl-dev/qvl/loader"
 	"github.com/qvl-dev/qvl/runtime/ml"
+	"github.com/qvl-dev/qvl/runtime/sample"
 )
 
 // Backend runs qvl's ops on the CPU. The zero value is not usable; call New.
 type Backend struct {
-	name string
-	k    kernels
-	prof profile
+	name   string
+	k      kernels
+	prof   profile
+	drawer sample.Drawer
 }
 
 // Options configure the CPU backend.

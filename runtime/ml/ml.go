@@ -297,7 +297,7 @@ type SampleParams struct {
 	TopP, MinP float32
 	// Uniform is the row's random draw in [0, 1), taken from the request's own seeded stream on
 	// the host, so that a request's tokens do not depend on what else shares the batch.
-	Uniform float32
+	Uniform float64
 }
 
 // DeviceSampler is implemented by backends that sample on the device, so that only token ids

@@ -85,7 +85,7 @@ type State struct {
 	prompt map[int32]struct{}
 	counts map[int32]int32
 	cand   []Candidate
-	probs  []float64
+	d      Drawer
 }
 
 // NewState prepares sampling for one request with the given prompt. Without a seed, the stream
@@ -107,6 +107,23 @@ func NewState(p Params, prompt []int32) *State {
 
 // Params returns the request's parameters.
 func (s *State) Params() Params { return s.p }
+
+// Uniform takes the request's next random draw, for a sampler that runs elsewhere (on a device)
+// with the same rule as Draw; greedy requests take none, as Sample does.
+func (s *State) Uniform() float64 {
+	if s.p.Greedy() {
+		return 0
+	}
+	return s.rng.Float64()
+}
+
+// Simple reports whether sampling this request needs nothing but the logits and a uniform draw:
+// no penalties and no log-probabilities (so a device sampler can serve it).
+func (s *State) Simple() bool {
+	p := s.p
+	return p.Logprobs < 0 && (p.RepetitionPenalty == 0 || p.RepetitionPenalty == 1) &&
+		p.PresencePenalty == 0 && p.FrequencyPenalty == 0
+}
 
 // Observe records an output token (sampled or forced) for the penalties.
 func (s *State) Observe(id int32) { s.counts[id]++ }
@@ -145,15 +162,11 @@ func (s *State) Sample(row []float32) Result {
 		lse, top = s.rawLogprobs(row)
 	}
 	raw := s.penalize(row)
-	var id int32
-	switch {
-	case s.p.Greedy():
-		id = argmax(row)
-	case s.p.TopK > 0 || (s.p.TopP > 0 && s.p.TopP < 1) || s.p.MinP > 0:
-		id = s.sampleFiltered(row)
-	default:
-		id = s.sampleAll(row)
+	var u float64
+	if !s.p.Greedy() {
+		u = s.rng.Float64()
 	}
+	id := s.d.Draw(row, s.p.Temperature, s.p.TopK, s.p.TopP, s.p.MinP, u)
 	r := Result{ID: id, Top: top}
 	if s.p.Logprobs >= 0 {
 		v, ok := raw[id]
@@ -217,11 +230,31 @@ func argmax(row []float32) int32 {
 	return best
 }
 
+// Drawer chooses tokens from logits rows; it holds scratch space, so reuse one per goroutine.
+type Drawer struct {
+	cand  []Candidate
+	probs []float64
+}
+
+// Draw chooses a token from a logits row with the uniform draw u ∈ [0, 1): greedy (argmax,
+// lowest id on ties) when temperature is 0 or topK is 1; otherwise from softmax(row/temperature)
+// after top-k, then top-p, then min-p (transformers' order), by inverse CDF over the kept tokens
+// best first — or over all tokens in id order when no filter is set. The row is not modified.
+func (d *Drawer) Draw(row []float32, temperature float32, topK int, topP, minP float32, u float64) int32 {
+	switch {
+	case temperature == 0 || topK == 1:
+		return argmax(row)
+	case topK > 0 || (topP > 0 && topP < 1) || minP > 0:
+		return d.sampleFiltered(row, temperature, topK, topP, minP, u)
+	}
+	return d.sampleAll(row, temperature, u)
+}
+
 // sampleAll draws from softmax(row/T) over the whole vocabulary, walking tokens in id order.
-func (s *State) sampleAll(row []float32) int32 {
-	invT := 1 / float64(s.p.Temperature)
+func (d *Drawer) sampleAll(row []float32, temperature float32, u float64) int32 {
+	invT := 1 / float64(temperature)
 	m := float64(row[argmax(row)])
-	w := s.probs[:0]
+	w := d.probs[:0]
 	var total float64
 	for _, v := range row {
 		p := 0.0
@@ -231,8 +264,8 @@ func (s *State) sampleAll(row []float32) int32 {
 		w = append(w, p)
 		total += p
 	}
-	s.probs = w
-	u := s.rng.Float64() * total
+	d.probs = w
+	u *= total
 	var acc float64
 	last := int32(0)
 	for i, p := range w {
@@ -251,15 +284,15 @@ func (s *State) sampleAll(row []float32) int32 {
 // sampleFiltered applies top-k, then top-p, then min-p (transformers' order) to softmax(row/T)
 // and draws from what is left, walking the kept tokens best first. Each filter keeps a prefix of
 // the tokens sorted best first, so the kept set is the shortest of the three prefixes.
-func (s *State) sampleFiltered(row []float32) int32 {
-	invT := 1 / float64(s.p.Temperature)
+func (d *Drawer) sampleFiltered(row []float32, temperature float32, topK int, topP32, minP float32, u float64) int32 {
+	invT := 1 / float64(temperature)
 	k := len(row)
-	if s.p.TopK > 0 {
-		k = min(s.p.TopK, len(row))
+	if topK > 0 {
+		k = min(topK, len(row))
 	}
 	m := float64(row[argmax(row)])
 	weight := func(v float32) float64 { return math.Exp((float64(v) - m) * invT) }
-	topP := float64(s.p.TopP)
+	topP := float64(topP32)
 	if topP <= 0 || topP >= 1 {
 		topP = 1
 	}
@@ -272,23 +305,23 @@ func (s *State) sampleFiltered(row []float32) int32 {
 			}
 		}
 	} else {
-		s.cand = TopKRow(s.cand, row, k)
-		for _, c := range s.cand {
+		d.cand = TopKRow(d.cand, row, k)
+		for _, c := range d.cand {
 			z += weight(c.Value)
 		}
 	}
 	var cand []Candidate
 	switch {
-	case s.p.MinP > 0:
+	case minP > 0:
 		// Min-p's prefix: every token within a factor min_p of the best, found in one pass.
-		thr := float64(s.p.MinP)
+		thr := float64(minP)
 		if k < len(row) {
-			cand = s.cand
+			cand = d.cand
 			for len(cand) > 1 && weight(cand[len(cand)-1].Value) < thr {
 				cand = cand[:len(cand)-1]
 			}
 		} else {
-			cand = s.cand[:0]
+			cand = d.cand[:0]
 			for i, v := range row {
 				if v == v && weight(v) >= thr {
 					cand = append(cand, Candidate{int32(i), v})
@@ -299,25 +332,25 @@ func (s *State) sampleFiltered(row []float32) int32 {
 	case topP < 1 && k == len(row):
 		// Grow a best-first candidate set until it holds the top-p nucleus.
 		for want := 64; ; want *= 4 {
-			s.cand = TopKRow(s.cand, row, min(want, k))
+			d.cand = TopKRow(d.cand, row, min(want, k))
 			var acc float64
-			for _, c := range s.cand {
+			for _, c := range d.cand {
 				acc += weight(c.Value)
 			}
 			if acc >= topP*z || want >= k {
 				break
 			}
 		}
-		cand = s.cand
+		cand = d.cand
 	default:
 		if k == len(row) {
-			s.cand = TopKRow(s.cand, row, k)
+			d.cand = TopKRow(d.cand, row, k)
 		}
-		cand = s.cand
+		cand = d.cand
 	}
 	// Top-p: the shortest prefix whose mass reaches topP of the top-k distribution.
 	keep, acc := len(cand), 0.0
-	probs := s.probs[:0]
+	probs := d.probs[:0]
 	for i, c := range cand {
 		p := weight(c.Value)
 		probs = append(probs, p)
@@ -327,13 +360,13 @@ func (s *State) sampleFiltered(row []float32) int32 {
 			break
 		}
 	}
-	s.probs = probs
+	d.probs = probs
 	probs = probs[:keep]
 	var total float64
 	for _, p := range probs {
 		total += p
 	}
-	u := s.rng.Float64() * total
+	u *= total
 	acc = 0
 	for i, p := range probs {
 		acc += p
