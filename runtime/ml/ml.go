@@ -310,3 +310,19 @@ type DeviceSampler interface {
 	// CDF over the kept tokens best first, unfiltered rows over all tokens in id order.
 	Sample(logits Tensor, p []SampleParams, out []int32) error
 }
+
+// Grapher is implemented by backends that can record the ops of a step once and replay them
+// (CUDA graphs), so that per-op launch and Go overhead vanish from the decode loop. A replay
+// reads the current contents of the tensors the recorded ops use, so inputs are written with
+// Write before Replay.
+type Grapher interface {
+	// Capture records the ops that fn issues, under key, without running them. fn must use only
+	// tensors that stay allocated as long as the graph.
+	Capture(key uint64, fn func() error) error
+	// Replay runs the ops recorded under key.
+	Replay(key uint64) error
+	// HasGraph reports whether key has been captured.
+	HasGraph(key uint64) bool
+	// DropGraphs discards every recorded graph (when the tensors they use are reallocated).
+	DropGraphs()
+}

@@ -21,6 +21,7 @@ type scratch struct {
 	host struct {
 		seqStart, ctxLen, tables []int32
 		logits                   []float32
+		ids                      []int32
 	}
 }
 
@@ -170,66 +171,132 @@ func (m *Model) check(bt *Batch) (maxBlocks, maxQ, maxCtx int, err error) {
 	return maxBlocks, maxQ, maxCtx, nil
 }
 
+// shape is the size of one step: what the ops of a launch need besides the buffers.
+type shape struct {
+	n, nb, r, nv, nd, nc, ne int // tokens, sequences, logit rows, visual, DeepStack, custom rows, custom embeddings
+	maxQ, maxCtx             int // launch hints for attention
+}
+
+func (m *Model) shapeOf(bt *Batch, maxQ, maxCtx int) shape {
+	sh := shape{n: len(bt.Tokens), nb: len(bt.Seqs), r: len(bt.LogitRows), nv: len(bt.VisualIdx),
+		nd: len(bt.DeepStackIdx), nc: len(bt.CustomIdx), maxQ: maxQ, maxCtx: maxCtx}
+	if sh.nc > 0 {
+		sh.ne = len(bt.Custom) / m.Projector.InputDim
+	}
+	return sh
+}
+
 // Forward runs one step: it writes the batch's keys and values into the cache and returns the
 // logits of bt.LogitRows as a [len(LogitRows), vocab] row-major slice, valid until the next call.
 func (m *Model) Forward(bt *Batch) ([]float32, error) {
+	logits, r, err := m.step(bt)
+	if err != nil || r == 0 {
+		return nil, err
+	}
+	out := m.s.host.logits[:r*m.Config.VocabSize]
+	if err := m.b.Read(logits, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// CanSampleOnDevice reports whether the backend samples on the device (ForwardSample).
+func (m *Model) CanSampleOnDevice() bool {
+	_, ok := m.b.(ml.DeviceSampler)
+	return ok
+}
+
+// ForwardSample runs one step and samples each logit row on the device under p (one entry per
+// LogitRows entry), so that only token ids cross to the host.
+func (m *Model) ForwardSample(bt *Batch, p []ml.SampleParams) ([]int32, error) {
+	ds, ok := m.b.(ml.DeviceSampler)
+	if !ok {
+		return nil, fmt.Errorf("forward: backend %s cannot sample on the device", m.b.Name())
+	}
+	if len(p) != len(bt.LogitRows) {
+		return nil, fmt.Errorf("forward: %d sampling rows for %d logit rows", len(p), len(bt.LogitRows))
+	}
+	logits, r, err := m.step(bt)
+	if err != nil || r == 0 {
+		return nil, err
+	}
+	if cap(m.s.host.ids) < r {
+		m.s.host.ids = make([]int32, r)
+	}
+	ids := m.s.host.ids[:r]
+	if err := ds.Sample(logits, p, ids); err != nil {
+		return nil, err
+	}
+	return ids, nil
+}
+
+// step checks, uploads and launches a batch, through a captured graph where the backend has
+// them and the batch is a plain decode; it returns the logits tensor (its first r rows are the
+// batch's LogitRows) without reading it.
+func (m *Model) step(bt *Batch) (ml.Tensor, int, error) {
 	maxBlocks, maxQ, maxCtx, err := m.check(bt)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
+	}
+	if g, ok := m.b.(ml.Grapher); ok && m.graphable(bt, maxQ) {
+		return m.stepGraph(g, bt, maxCtx)
 	}
 	if err := m.ensure(bt, maxBlocks); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if err := m.upload(bt); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
+	sh := m.shapeOf(bt, maxQ, maxCtx)
+	if err := m.launch(sh); err != nil {
+		return nil, 0, err
+	}
+	if sh.r == 0 {
+		return nil, 0, nil
+	}
+	return m.b.Rows(m.s.logits, sh.r), sh.r, nil
+}
+
+// launch issues the ops of one step over the first rows of the step buffers.
+func (m *Model) launch(sh shape) error {
 	c, s, b := m.Config, &m.s, m.b
-	n, nb, r := len(bt.Tokens), len(bt.Seqs), len(bt.LogitRows)
+	n, nb, r := sh.n, sh.nb, sh.r
 	rows := func(t ml.Tensor) ml.Tensor { return b.Rows(t, n) }
 	x, h, qkv, q, attn, o := rows(s.x), rows(s.h), rows(s.qkv), rows(s.q), rows(s.attn), rows(s.o)
 	gu, act, down := rows(s.gu), rows(s.act), rows(s.down)
 
 	ea := ml.EmbedArgs{Tokens: rows(s.tokens), Table: m.embed}
-	if nv := len(bt.VisualIdx); nv > 0 {
-		ea.Visual, ea.VisualIdx = b.Rows(s.visual, nv), b.Rows(s.visIdx, nv)
+	if sh.nv > 0 {
+		ea.Visual, ea.VisualIdx = b.Rows(s.visual, sh.nv), b.Rows(s.visIdx, sh.nv)
 	}
-	if nc := len(bt.CustomIdx); nc > 0 {
-		ne := len(bt.Custom) / m.Projector.InputDim
-		ea.Custom, ea.CustomIdx, ea.CustomSrc, ea.Projector = b.Rows(s.custom, ne), b.Rows(s.cusIdx, nc), b.Rows(s.cusSrc, nc), m.proj
+	if sh.nc > 0 {
+		ea.Custom, ea.CustomIdx, ea.CustomSrc, ea.Projector = b.Rows(s.custom, sh.ne), b.Rows(s.cusIdx, sh.nc), b.Rows(s.cusSrc, sh.nc), m.proj
 	}
 	if err := b.EmbedProject(x, ea); err != nil {
-		return nil, err
+		return err
 	}
 	qa := ml.QKVArgs{Q: q, Pos: rows(s.pos), Slots: rows(s.slots), Heads: c.NumHeads, KVHeads: c.NumKVHeads,
 		HeadDim: c.HeadDim, Eps: m.eps, Rope: m.rope, Layout: m.layout}
 	aa := ml.AttnArgs{SeqStart: b.Rows(s.seqStart, nb+1), CtxLen: b.Rows(s.ctxLen, nb), BlockTables: b.Rows(s.tables, nb),
 		NumSeqs: nb, Heads: c.NumHeads, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim, Scale: attnScale(c.HeadDim),
-		MaxQueryLen: maxQ, MaxCtxLen: maxCtx, Layout: m.layout}
-	nd := len(bt.DeepStackIdx)
+		MaxQueryLen: sh.maxQ, MaxCtxLen: sh.maxCtx, Layout: m.layout}
 
 	if err := b.RMSNorm(h, x, m.layers[0].inNorm, m.eps); err != nil {
-		return nil, err
+		return err
 	}
 	for i := range m.layers {
-		if err := m.layer(i, h, x, qkv, q, attn, o, gu, act, down, qa, aa, nd); err != nil {
-			return nil, fmt.Errorf("layer %d: %w", i, err)
+		if err := m.layer(i, h, x, qkv, q, attn, o, gu, act, down, qa, aa, sh.nd); err != nil {
+			return fmt.Errorf("layer %d: %w", i, err)
 		}
 	}
 	if r == 0 {
-		return nil, b.Sync()
+		return b.Sync()
 	}
 	last, logits := b.Rows(s.last, r), b.Rows(s.logits, r)
 	if err := b.Gather(last, h, b.Rows(s.logitIdx, r)); err != nil {
-		return nil, err
+		return err
 	}
-	if err := b.MatMul(logits, last, m.head); err != nil {
-		return nil, err
-	}
-	out := s.host.logits[:r*c.VocabSize]
-	if err := b.Read(logits, out); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return b.MatMul(logits, last, m.head)
 }
 
 // upload copies the batch's host arrays into the step buffers.

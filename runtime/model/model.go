@@ -69,6 +69,12 @@ type Model struct {
 
 	layout ml.KVLayout
 	kc, vc []ml.Tensor
+	// trash is a cache block outside the engine's pool that padding rows of graph replays
+	// write into (-1 when the backend does not record graphs).
+	trash int
+
+	padded            Batch // a graph step's padded batch
+	captures, replays int64
 
 	s scratch
 
@@ -128,7 +134,7 @@ func Load(b ml.Backend, ck *loader.Checkpoint, cfg *loader.ModelConfig, proj *lo
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	m := &Model{Config: cfg, b: b, eps: float32(cfg.RMSNormEps)}
+	m := &Model{Config: cfg, b: b, eps: float32(cfg.RMSNormEps), trash: -1}
 	m.rope = ml.Rope{Theta: cfg.RopeTheta, Section: cfg.MRopeSection, Interleaved: cfg.MRopeInterleaved}
 	prefix := "model.language_model."
 	if !ck.Has(prefix+"embed_tokens.weight") && ck.Has("model.embed_tokens.weight") {
@@ -229,7 +235,12 @@ func (m *Model) InitCache(numBlocks, blockSize int) error {
 		return fmt.Errorf("kv cache: %d blocks of %d tokens", numBlocks, blockSize)
 	}
 	m.freeCache()
-	m.layout = ml.KVLayout{NumBlocks: numBlocks, BlockSize: blockSize, KVHeads: m.Config.NumKVHeads, HeadDim: m.Config.HeadDim}
+	m.trash = -1
+	total := numBlocks
+	if _, ok := m.b.(ml.Grapher); ok {
+		m.trash, total = numBlocks, numBlocks+1
+	}
+	m.layout = ml.KVLayout{NumBlocks: total, BlockSize: blockSize, KVHeads: m.Config.NumKVHeads, HeadDim: m.Config.HeadDim}
 	for range m.layers {
 		k, err := m.b.Alloc(m.b.KVDType(), m.layout.Shape()...)
 		if err != nil {
