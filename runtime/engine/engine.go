@@ -18,6 +18,7 @@ import (
 
 	"github.com/qvl-dev/qvl/loader"
 	"github.com/qvl-dev/qvl/runtime/kvcache"
+	"github.com/qvl-dev/qvl/runtime/ml"
 	"github.com/qvl-dev/qvl/runtime/model"
 	"github.com/qvl-dev/qvl/runtime/sample"
 )
@@ -111,6 +112,7 @@ type Engine struct {
 
 	batch  model.Batch
 	spanOf []rowSpan
+	sp     []ml.SampleParams
 	now    time.Time
 }
 
@@ -436,7 +438,7 @@ func (e *Engine) Step() (busy bool, err error) {
 		return false, nil
 	}
 	e.now = time.Now()
-	logits, ferr := e.forward(work)
+	logits, ids, ferr := e.forward(work)
 	if ferr != nil {
 		// A failed step fails the requests in it; the engine keeps serving the others.
 		for _, w := range work {
@@ -446,7 +448,7 @@ func (e *Engine) Step() (busy bool, err error) {
 		e.publishStats()
 		return true, nil
 	}
-	e.update(work, logits)
+	e.update(work, logits, ids)
 	e.statsMu.Lock()
 	e.stats.Steps++
 	e.statsMu.Unlock()
@@ -454,15 +456,55 @@ func (e *Engine) Step() (busy bool, err error) {
 	return true, nil
 }
 
-// forward builds the batch and runs the model, turning a panic into an error.
-func (e *Engine) forward(work []scheduled) (logits []float32, err error) {
+// DeviceSampling is implemented by models whose backend samples on the device (see
+// ml.DeviceSampler); the engine uses it for steps whose every sampled request needs nothing else.
+type DeviceSampling interface {
+	CanSampleOnDevice() bool
+	ForwardSample(b *model.Batch, p []ml.SampleParams) ([]int32, error)
+}
+
+// forward builds the batch and runs the model, sampling on the device when every sampled
+// request of the step allows it; a panic becomes an error.
+func (e *Engine) forward(work []scheduled) (logits []float32, ids []int32, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("panic in model step: %v\n%s", p, debug.Stack())
 		}
 	}()
 	e.build(work)
-	return e.m.Forward(&e.batch)
+	if ds, ok := e.m.(DeviceSampling); ok && ds.CanSampleOnDevice() && e.deviceEligible(work) {
+		e.sp = e.sp[:0]
+		for k, w := range work {
+			if e.spanOf[k].samples {
+				p := w.s.r.Sampling
+				e.sp = append(e.sp, ml.SampleParams{Temperature: p.Temperature, TopK: p.TopK, TopP: p.TopP, MinP: p.MinP,
+					Uniform: w.s.sampler.Uniform()})
+			}
+		}
+		ids, err = ds.ForwardSample(&e.batch, e.sp)
+		return nil, ids, err
+	}
+	logits, err = e.m.Forward(&e.batch)
+	return logits, nil, err
+}
+
+// deviceEligible reports whether every request sampled in this step needs only its logits and
+// a uniform draw: no penalties, logprobs, returned logits, forced tokens or MinTokens mask, and
+// no prompt logits anywhere in the step.
+func (e *Engine) deviceEligible(work []scheduled) bool {
+	for k, w := range work {
+		s := w.s
+		if s.r.PromptLogits {
+			return false
+		}
+		if !e.spanOf[k].samples {
+			continue
+		}
+		if !s.sampler.Simple() || s.r.ReturnLogits || len(s.tokens)-s.promptLen < len(s.r.Forced) || !s.checkStops() {
+			return false
+		}
+	}
+	return true
 }
 
 // intake moves submitted requests into the scheduler and applies cancellations.
@@ -558,10 +600,13 @@ func (e *Engine) build(work []scheduled) {
 }
 
 // update advances the scheduled requests after a step: records computed tokens, registers full
-// blocks in the prefix cache, and samples the next token of each request whose tokens are all computed.
-func (e *Engine) update(work []scheduled, logits []float32) {
+// blocks in the prefix cache, and gives each request whose tokens are all computed its next
+// token — chosen from its logits row, or already sampled on the device (ids, one per sampling
+// request in work order).
+func (e *Engine) update(work []scheduled, logits []float32, ids []int32) {
 	v := e.spec.VocabSize
 	var promptTokens, genTokens int64
+	next := 0
 	for k, w := range work {
 		s, span := w.s, e.spanOf[k]
 		if s.computed < s.promptLen {
@@ -569,7 +614,10 @@ func (e *Engine) update(work []scheduled, logits []float32) {
 		}
 		s.computed += w.n
 		e.kv.Commit(&s.kv, s, s.computed)
-		rows := logits[span.firstLogit*v : (span.firstLogit+span.numLogits)*v]
+		var rows []float32
+		if logits != nil {
+			rows = logits[span.firstLogit*v : (span.firstLogit+span.numLogits)*v]
+		}
 		if s.r.PromptLogits && len(s.promptLogits) < s.promptLen*v {
 			np := min(span.numLogits, s.promptLen-len(s.promptLogits)/v)
 			s.promptLogits = append(s.promptLogits, rows[:np*v]...)
@@ -578,7 +626,13 @@ func (e *Engine) update(work []scheduled, logits []float32) {
 			continue
 		}
 		genTokens++
-		e.emit(s, rows[(span.numLogits-1)*v:])
+		if ids != nil {
+			s.sampler.Observe(ids[next])
+			e.emit(s, nil, sample.Result{ID: ids[next]})
+			next++
+			continue
+		}
+		e.emit(s, rows[(span.numLogits-1)*v:], e.choose(s, rows[(span.numLogits-1)*v:]))
 	}
 	e.statsMu.Lock()
 	e.stats.PromptTokens += promptTokens
@@ -586,29 +640,37 @@ func (e *Engine) update(work []scheduled, logits []float32) {
 	e.statsMu.Unlock()
 }
 
-// emit chooses a request's next token from its logits row, streams it, and ends the request
-// when a stop condition holds.
-func (e *Engine) emit(s *seqState, row []float32) {
+// checkStops reports whether a request's stop conditions apply to its next token (MinTokens).
+func (s *seqState) checkStops() bool { return len(s.tokens)-s.promptLen+1 > s.r.MinTokens }
+
+// choose picks a request's next token from its logits row on the host: forced, or sampled
+// with penalties, logprobs and the MinTokens mask.
+func (e *Engine) choose(s *seqState, row []float32) sample.Result {
+	generated := len(s.tokens) - s.promptLen
+	if generated < len(s.r.Forced) {
+		res := sample.Result{ID: int32(s.r.Forced[generated])}
+		s.sampler.Logprobs(row, &res)
+		s.sampler.Observe(res.ID)
+		return res
+	}
+	if !s.checkStops() {
+		e.maskStops(s, row)
+	}
+	return s.sampler.Sample(row)
+}
+
+// emit streams a request's next token and ends the request when a stop condition holds. row is
+// the logits row it was chosen from (nil when sampled on the device).
+func (e *Engine) emit(s *seqState, row []float32, res sample.Result) {
 	ev := Event{Time: e.now}
 	if s.r.ReturnLogits {
 		ev.Logits = append([]float32(nil), row...)
 	}
-	generated := len(s.tokens) - s.promptLen
-	checkStops := generated+1 > s.r.MinTokens
-	var res sample.Result
-	if generated < len(s.r.Forced) {
-		res.ID = int32(s.r.Forced[generated])
-		s.sampler.Logprobs(row, &res)
-		s.sampler.Observe(res.ID)
-	} else {
-		if !checkStops {
-			e.maskStops(s, row)
-		}
-		res = s.sampler.Sample(row)
-	}
+	checkStops := s.checkStops()
 	if s.r.Sampling.Logprobs >= 0 {
 		ev.Logprob = &res
 	}
+	generated := len(s.tokens) - s.promptLen
 	if generated == 0 && s.r.PromptLogits {
 		ev.PromptLogits = s.promptLogits
 		s.promptLogits = nil

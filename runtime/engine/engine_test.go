@@ -284,3 +284,25 @@ func TestPrefixCache(t *testing.T) {
 	ref := generate(t, plain, req(img(2), 8, 9))
 	require.Equal(t, ref.Logits, other.Logits)
 }
+
+// TestDeviceSamplingMatchesHost: the CPU backend samples "on the device" (ml.DeviceSampler)
+// when a step allows it; asking for logprobs forces the host sampler. Both must give the same
+// tokens for the same seeds.
+func TestDeviceSamplingMatchesHost(t *testing.T) {
+	e := start(t, engine.Config{})
+	for i := 0; i < 12; i++ {
+		seed := uint64(500 + i)
+		p := sample.Params{Temperature: 0.8, TopK: []int{0, 30, 1}[i%3], TopP: []float32{1, 0.8}[(i/3)%2], MinP: []float32{0, 0.1}[(i/6)%2], Seed: &seed}
+		req := func(logprobs int) *engine.Request {
+			r := mixedRequest(i, false)
+			r.Sampling = p
+			r.Sampling.Logprobs = logprobs
+			r.MaxTokens = 12
+			return r
+		}
+		dev := generate(t, e, req(-1))
+		host := generate(t, e, req(0))
+		require.Len(t, host.Logprobs, 12, "the host path ran")
+		require.Equal(t, host.Tokens, dev.Tokens, "request %d", i)
+	}
+}
