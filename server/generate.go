@@ -23,15 +23,14 @@ type choiceEvent struct {
 
 // run is the engine requests of one API call: one per choice.
 type run struct {
-	s         *Server
-	streams   []*engine.Stream
-	submitted []time.Time
-	arrival   time.Time
-	images    *resolvedImages
-	events    chan choiceEvent
-	done      []bool
-	lastTime  []time.Time // engine time of each choice's last token
-	cancel    context.CancelFunc
+	s        *Server
+	streams  []*engine.Stream
+	arrival  time.Time
+	images   *resolvedImages
+	events   chan choiceEvent
+	done     []bool
+	lastTime []time.Time // engine time of each choice's last token
+	cancel   context.CancelFunc
 }
 
 // submit queues the choices' requests; it owns images from the call on (the run releases them
@@ -57,7 +56,6 @@ func (s *Server) submit(ctx context.Context, m *Model, reqs []*engine.Request, i
 			return nil, internalError("submitting the request failed: %v", err)
 		}
 		r.streams = append(r.streams, st)
-		r.submitted = append(r.submitted, time.Now())
 	}
 	for i, st := range r.streams {
 		go r.forward(ctx, i, st)
@@ -103,7 +101,7 @@ func (r *run) observe(ce choiceEvent) {
 	if ev.Token >= 0 {
 		if r.lastTime[i].IsZero() {
 			mt.ttft.Observe(ce.at.Sub(r.arrival).Seconds())
-			mt.queue.Observe(max(0, ev.Time.Sub(r.submitted[i]).Seconds()))
+			mt.queue.Observe(max(0, ev.QueueTime.Seconds()))
 		} else {
 			mt.itl.Observe(max(0, ev.Time.Sub(r.lastTime[i]).Seconds()))
 		}

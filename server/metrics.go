@@ -41,7 +41,7 @@ func newMetrics(s *Server) *metrics {
 		e2e: hist("qvl:e2e_request_latency_seconds",
 			"Time from a request's arrival to its last token, per choice.", e2eBuckets),
 		queue: hist("qvl:request_queue_time_seconds",
-			"Time from submission to the engine to the start of the step that produced the first token (the wait in the queue for prompts prefilled in one step).", e2eBuckets),
+			"Time from submission to the engine to the step that first scheduled the request.", e2eBuckets),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "qvl:http_requests_total",
 			Help: "HTTP requests answered, by endpoint and status code.", ConstLabels: labels}, []string{"endpoint", "code"}),
 		reloads: prometheus.NewCounter(prometheus.CounterOpts{Name: "qvl:reloads_total",

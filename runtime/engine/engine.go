@@ -235,6 +235,7 @@ func (e *Engine) Submit(r *Request) (*Stream, error) {
 	}
 	n := e.ids.Add(1)
 	s.arrival = n
+	s.submitted = time.Now()
 	s.id = r.ID
 	if s.id == "" {
 		s.id = "req-" + strconv.FormatUint(n, 10)
@@ -431,13 +432,14 @@ func (e *Engine) cancelAll() {
 // goroutine may call Step (Run does).
 func (e *Engine) Step() (busy bool, err error) {
 	e.intake()
+	e.now = time.Now()
+	e.sc.now = e.now
 	work := e.sc.schedule()
 	if len(work) == 0 {
 		// Nothing can run until a request arrives or is cancelled.
 		e.publishStats()
 		return false, nil
 	}
-	e.now = time.Now()
 	logits, ids, ferr := e.forward(work)
 	if ferr != nil {
 		// A failed step fails the requests in it; the engine keeps serving the others.
@@ -671,9 +673,12 @@ func (e *Engine) emit(s *seqState, row []float32, res sample.Result) {
 		ev.Logprob = &res
 	}
 	generated := len(s.tokens) - s.promptLen
-	if generated == 0 && s.r.PromptLogits {
-		ev.PromptLogits = s.promptLogits
-		s.promptLogits = nil
+	if generated == 0 {
+		ev.QueueTime = s.scheduled.Sub(s.submitted)
+		if s.r.PromptLogits {
+			ev.PromptLogits = s.promptLogits
+			s.promptLogits = nil
+		}
 	}
 	ev.Token = int(res.ID)
 	s.tokens = append(s.tokens, res.ID)

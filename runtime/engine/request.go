@@ -8,6 +8,7 @@ import (
 	"hash"
 	"math"
 	"sort"
+	"time"
 
 	"github.com/qvl-dev/qvl/runtime/kvcache"
 	"github.com/qvl-dev/qvl/runtime/model"
@@ -260,7 +261,9 @@ type seqState struct {
 	cached    int // prompt tokens found in the prefix cache on first admission
 	running   bool
 	admitted  bool
-	done      bool
+	// submitted and scheduled are when Submit queued the request and when a step first took it.
+	submitted, scheduled time.Time
+	done                 bool
 	// promptLogits accumulates the logits of prompt positions when requested.
 	promptLogits []float32
 }

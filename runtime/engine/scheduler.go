@@ -2,6 +2,7 @@ package engine
 
 import (
 	"slices"
+	"time"
 
 	"github.com/qvl-dev/qvl/runtime/kvcache"
 )
@@ -26,6 +27,8 @@ type scheduler struct {
 	waiting, running []*seqState
 	preemptions      int64
 	out              []scheduled
+	// now is the time of the step being scheduled.
+	now time.Time
 }
 
 func byArrival(a, b *seqState) int {
@@ -118,6 +121,7 @@ func (sc *scheduler) schedule() []scheduled {
 		}
 		if !s.admitted {
 			s.admitted = true
+			s.scheduled = sc.now
 			s.cached = computed
 			sc.kv.CountPrefix(len(s.tokens), computed)
 		}

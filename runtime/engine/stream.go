@@ -49,6 +49,9 @@ type Event struct {
 	Usage *Usage
 	// Time is when the engine produced the event.
 	Time time.Time
+	// QueueTime, on the first token's event, is the wait from Submit to the step that first
+	// scheduled the request.
+	QueueTime time.Duration
 }
 
 // Stream delivers a request's events in order. The engine never blocks on a slow reader: events
