@@ -61,6 +61,10 @@ func (m *Model) ensure(bt *Batch, maxBlocks int) error {
 		nd <= s.capD && nc <= s.capC && ne <= s.capE {
 		return nil
 	}
+	// Graphs recorded over the old buffers would replay into freed memory.
+	if g, ok := m.b.(ml.Grapher); ok {
+		g.DropGraphs()
+	}
 	next := scratch{capN: grow(s.capN, n), capB: grow(s.capB, b), capR: grow(s.capR, r),
 		capBlocks: grow(s.capBlocks, maxBlocks), capV: grow(s.capV, nv), capD: grow(s.capD, nd),
 		capC: grow(s.capC, nc), capE: grow(s.capE, ne)}

@@ -58,13 +58,8 @@ func (m *Model) stepGraph(g ml.Grapher, bt *Batch, maxCtx int) (ml.Tensor, int, 
 	for i := 0; i < bp; i++ {
 		pb.LogitRows = append(pb.LogitRows, int32(i))
 	}
-	before := m.s
 	if err := m.ensure(pb, ctx/m.layout.BlockSize); err != nil {
 		return nil, 0, err
-	}
-	if m.s.x != before.x || m.s.tables != before.tables || m.s.logits != before.logits {
-		// The step buffers moved: graphs recorded over the old ones are stale.
-		g.DropGraphs()
 	}
 	if err := m.upload(pb); err != nil {
 		return nil, 0, err

@@ -1,0 +1,504 @@
+// attention.cu — causal paged attention with grouped KV heads over ml.KVLayout's bf16 cache.
+//
+// Sequence s owns query rows seq_start[s] .. seq_start[s+1]-1, its last qlen tokens: query j
+// sits at position ctx−qlen+j and attends to cache positions 0 .. ctx−qlen+j, found through the
+// block table (slot = table[t/bs]·bs + t%bs; element (slot, h, d) at ((slot/bs·KV + h)·bs +
+// slot%bs)·hd + d). out[row, h, :] = Σ_t softmax_t(scale·q·k_t) v_t with KV head h/(H/KV).
+//
+// Kernels (the backend launches decode and prefill together on a mixed step; each skips the
+// sequences of the other kind):
+//
+//   qvl_attn_decode_hd{32,64,128,256}_g{1,2,4,8}  sequences with qlen = 1 (vLLM paged_attention_v2
+//       shape). Grid (KV heads, sequences, partitions), block 128. One block reads one KV head's
+//       pages of one context partition (part tokens, ≤ 512) once for all g ≤ G query heads of
+//       its group. hd/8 lanes hold one token (16-byte loads, 8 dims per lane), 32/(hd/8) tokens
+//       per warp step; scores go to shared memory, softmax is exact within the partition, and
+//       with one partition the block writes the output directly. With several, it writes its
+//       normalised partial output and (max, sum) for
+//   qvl_attn_merge  grid (heads, sequences), block 128: out = Σ_p e^{m_p−M} l_p o_p / Σ_p e^{m_p−M} l_p
+//       (vLLM merge_attn_states). The backend picks part so that the grid has ≥ 2 blocks per
+//       SM when it can (batch 1 at context 512 splits into 8 partitions of 64).
+//   qvl_attn_prefill_hd{32,64,128}  sequences with qlen ≥ 2 (FlashAttention-2 on mma.sync
+//       m16n8k16 bf16 → f32). Grid (⌈max qlen/64⌉, heads, sequences), block 128 (4 warps × 16
+//       query rows), dynamic shared memory (64 + 2·64)·(hd+8)·2 bytes (Q, K, V tiles; 52 KiB at
+//       hd 128, opted in at load). Q is scaled by scale·log2 e and rounded to bf16; K/V tiles of
+//       64 tokens are gathered from the pages through the block table; S = Q·Kᵀ, causal mask,
+//       online softmax in exp2, O += P·V with P rounded to bf16; chunked prefill over a cached
+//       prefix is the same loop starting at position 0.
+//   qvl_attn_generic  any head_dim ≤ 256 and any group size: one warp per (row, head), online
+//       softmax token by token. The fallback for shapes the templates do not cover.
+//
+// Floor. Decode is bandwidth: it reads 2·ctx·KV·hd·2 bytes per sequence and layer (2B, ctx
+// 512: 2 MiB), 0.7 µs at 3 TB/s; batch 64 at ctx 512 reads 134 MB per layer, 45 µs (1.25 ms
+// over 28 layers: as much as a third of the weights' 3.44 GB). Prefill is tensor-core FLOPs:
+// 2·2·hd·H·Σ_rows(position+1) per layer; 8 sequences of 512 on the 2B shape is 8.6 GFLOP per
+// layer, 11.5 µs at the 748 TFLOP/s bf16 anchor (mma.sync without wgmma reaches perhaps 60% of it).
+#include "common.cuh"
+
+#define QVL_DECODE_THREADS 128
+#define QVL_DECODE_MAX_PART 512
+#define QVL_PREFILL_THREADS 128
+
+__device__ __forceinline__ unsigned qvl_ld32(const qvl_bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
+
+template <int HD, int GMAX>
+__device__ __forceinline__ void attn_decode(float* __restrict__ out, const float* __restrict__ q,
+                                            const qvl_bf16* __restrict__ kc, const qvl_bf16* __restrict__ vc,
+                                            const int* __restrict__ seq_start, const int* __restrict__ ctx_len,
+                                            const int* __restrict__ tables, int max_blocks, int heads, int kv_heads,
+                                            int bs, int num_blocks, float scale, int part, int nparts,
+                                            float* __restrict__ pout, float* __restrict__ pml, unsigned* err) {
+    constexpr int TPG = HD / 8;    // lanes per token
+    constexpr int TPW = 32 / TPG;  // tokens per warp step
+    constexpr int NW = QVL_DECODE_THREADS / 32;
+    __shared__ __align__(16) float qs[GMAX][HD];
+    __shared__ float lg[GMAX][QVL_DECODE_MAX_PART];
+    __shared__ float red[NW][GMAX];
+    __shared__ float stat[2][GMAX];
+    __shared__ __align__(16) float accs[NW][GMAX][HD];
+
+    const int kvh = blockIdx.x, s = blockIdx.y, p = blockIdx.z;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+    const int g = heads / kv_heads;
+    const int row = seq_start[s];
+    const int qlen = seq_start[s + 1] - row;
+    if (qlen != 1) return;
+    const int ctx = ctx_len[s];
+    if (ctx < 1 || ctx > max_blocks * bs) {
+        if (tid == 0) qvl_raise(err, QVL_ERR_ATTN_SEQ);
+        return;
+    }
+    const int t0 = p * part;
+    if (t0 >= ctx) return;
+    const int t1 = qvl_imin(ctx, t0 + part);
+    const int* table = tables + (long long)s * max_blocks;
+
+    for (int i = tid; i < GMAX * HD; i += QVL_DECODE_THREADS) {
+        const int gi = i / HD, d = i % HD;
+        qs[gi][d] = gi < g ? q[((long long)row * heads + kvh * g + gi) * HD + d] * scale : 0.f;
+    }
+    __syncthreads();
+    const int sub = lane / TPG, c = lane % TPG;
+    float qr[GMAX][8];
+#pragma unroll
+    for (int gi = 0; gi < GMAX; gi++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) qr[gi][j] = qs[gi][c * 8 + j];
+    float mx[GMAX];
+#pragma unroll
+    for (int gi = 0; gi < GMAX; gi++) mx[gi] = -INFINITY;
+
+    // Scores: lg[gi][t - t0] = scale · q_gi · k_t.
+    for (int base = t0 + w * TPW; base < t1; base += NW * TPW) {  // warp-uniform
+        const int t = base + sub;
+        float kf[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        bool valid = t < t1;
+        if (valid) {
+            const int blk = table[t / bs];
+            if (blk < 0 || blk >= num_blocks) {
+                qvl_raise(err, QVL_ERR_ATTN_BLOCK);
+                valid = false;
+            } else {
+                const uint4 kv =
+                    *reinterpret_cast<const uint4*>(kc + (((long long)blk * kv_heads + kvh) * bs + t % bs) * HD + c * 8);
+                qvl_unpack8(kv, kf);
+            }
+        }
+#pragma unroll
+        for (int gi = 0; gi < GMAX; gi++) {
+            float dot = 0.f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) dot += qr[gi][j] * kf[j];
+#pragma unroll
+            for (int o = TPG / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(QVL_FULL_MASK, dot, o);
+            if (t < t1) {
+                if (c == 0) lg[gi][t - t0] = valid ? dot : -INFINITY;
+                if (valid) mx[gi] = fmaxf(mx[gi], dot);
+            }
+        }
+    }
+#pragma unroll
+    for (int gi = 0; gi < GMAX; gi++) {
+        const float m = qvl_warp_max(mx[gi]);
+        if (lane == 0) red[w][gi] = m;
+    }
+    __syncthreads();
+    if (tid < GMAX) {
+        float m = -INFINITY;
+        for (int ww = 0; ww < NW; ww++) m = fmaxf(m, red[ww][tid]);
+        stat[0][tid] = m;
+    }
+    __syncthreads();
+    // Probabilities (unnormalised) and their sums.
+    float ls[GMAX];
+#pragma unroll
+    for (int gi = 0; gi < GMAX; gi++) ls[gi] = 0.f;
+    for (int i = tid; i < t1 - t0; i += QVL_DECODE_THREADS) {
+#pragma unroll
+        for (int gi = 0; gi < GMAX; gi++) {
+            if (gi < g) {
+                const float e = expf(lg[gi][i] - stat[0][gi]);
+                lg[gi][i] = e;
+                ls[gi] += e;
+            }
+        }
+    }
+#pragma unroll
+    for (int gi = 0; gi < GMAX; gi++) {
+        const float sm = qvl_warp_sum(ls[gi]);
+        if (lane == 0) red[w][gi] = sm;
+    }
+    __syncthreads();
+    if (tid < GMAX) {
+        float l = 0.f;
+        for (int ww = 0; ww < NW; ww++) l += red[ww][tid];
+        stat[1][tid] = l;
+    }
+    __syncthreads();
+    // Values: acc[gi][j] = Σ_t p_gi,t · v_t[c·8 + j] over this lane's tokens.
+    float acc[GMAX][8];
+#pragma unroll
+    for (int gi = 0; gi < GMAX; gi++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) acc[gi][j] = 0.f;
+    for (int base = t0 + w * TPW; base < t1; base += NW * TPW) {
+        const int t = base + sub;
+        if (t < t1) {
+            const int blk = table[t / bs];
+            if (blk >= 0 && blk < num_blocks) {
+                const uint4 vv =
+                    *reinterpret_cast<const uint4*>(vc + (((long long)blk * kv_heads + kvh) * bs + t % bs) * HD + c * 8);
+                float vf[8];
+                qvl_unpack8(vv, vf);
+#pragma unroll
+                for (int gi = 0; gi < GMAX; gi++) {
+                    const float pr = lg[gi][t - t0];
+#pragma unroll
+                    for (int j = 0; j < 8; j++) acc[gi][j] += pr * vf[j];
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int gi = 0; gi < GMAX; gi++)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int o = 16; o >= TPG; o >>= 1) acc[gi][j] += __shfl_xor_sync(QVL_FULL_MASK, acc[gi][j], o);
+    if (lane < TPG) {
+#pragma unroll
+        for (int gi = 0; gi < GMAX; gi++)
+#pragma unroll
+            for (int j = 0; j < 8; j++) accs[w][gi][c * 8 + j] = acc[gi][j];
+    }
+    __syncthreads();
+    for (int i = tid; i < g * HD; i += QVL_DECODE_THREADS) {
+        const int gi = i / HD, d = i % HD;
+        float o = 0.f;
+#pragma unroll
+        for (int ww = 0; ww < NW; ww++) o += accs[ww][gi][d];
+        const float l = stat[1][gi];
+        const int h = kvh * g + gi;
+        if (nparts == 1) {
+            out[((long long)row * heads + h) * HD + d] = o / l;
+        } else {
+            const long long pi = ((long long)row * heads + h) * nparts + p;
+            pout[pi * HD + d] = o / l;
+            if (d == 0) {
+                pml[2 * pi] = stat[0][gi];
+                pml[2 * pi + 1] = l;
+            }
+        }
+    }
+}
+
+#define QVL_DECODE_ARGS                                                                                              \
+    float *__restrict__ out, const float *__restrict__ q, const qvl_bf16 *__restrict__ kc,                           \
+        const qvl_bf16 *__restrict__ vc, const int *__restrict__ seq_start, const int *__restrict__ ctx_len,        \
+        const int *__restrict__ tables, int max_blocks, int heads, int kv_heads, int bs, int num_blocks, float scale, \
+        int part, int nparts, float *__restrict__ pout, float *__restrict__ pml, unsigned *err
+
+#define QVL_DECODE(HD, G)                                                                                           \
+    extern "C" __global__ void __launch_bounds__(QVL_DECODE_THREADS) qvl_attn_decode_hd##HD##_g##G(QVL_DECODE_ARGS) { \
+        attn_decode<HD, G>(out, q, kc, vc, seq_start, ctx_len, tables, max_blocks, heads, kv_heads, bs, num_blocks,   \
+                           scale, part, nparts, pout, pml, err);                                                       \
+    }                                                                                                               \
+    QVL_REGISTER(qvl_attn_decode_hd##HD##_g##G)
+
+QVL_DECODE(32, 1)
+QVL_DECODE(32, 2)
+QVL_DECODE(32, 4)
+QVL_DECODE(32, 8)
+QVL_DECODE(64, 1)
+QVL_DECODE(64, 2)
+QVL_DECODE(64, 4)
+QVL_DECODE(64, 8)
+QVL_DECODE(128, 1)
+QVL_DECODE(128, 2)
+QVL_DECODE(128, 4)
+QVL_DECODE(128, 8)
+QVL_DECODE(256, 1)
+QVL_DECODE(256, 2)
+QVL_DECODE(256, 4)
+
+extern "C" __global__ void __launch_bounds__(128)
+qvl_attn_merge(float* __restrict__ out, const float* __restrict__ pout, const float* __restrict__ pml,
+               const int* __restrict__ seq_start, const int* __restrict__ ctx_len, int heads, int hd, int part,
+               int nparts) {
+    const int h = blockIdx.x, s = blockIdx.y;
+    const int row = seq_start[s];
+    if (seq_start[s + 1] - row != 1) return;
+    const int ctx = ctx_len[s];
+    if (ctx < 1) return;
+    const int np = qvl_imin(nparts, (ctx + part - 1) / part);
+    const long long base = ((long long)row * heads + h) * nparts;
+    float m = -INFINITY;
+    for (int p = 0; p < np; p++) m = fmaxf(m, pml[2 * (base + p)]);
+    float wsum = 0.f;
+    for (int p = 0; p < np; p++) wsum += expf(pml[2 * (base + p)] - m) * pml[2 * (base + p) + 1];
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float o = 0.f;
+        for (int p = 0; p < np; p++) o += expf(pml[2 * (base + p)] - m) * pml[2 * (base + p) + 1] * pout[(base + p) * hd + d];
+        out[((long long)row * heads + h) * hd + d] = o / wsum;
+    }
+}
+QVL_REGISTER(qvl_attn_merge)
+
+template <int HD>
+__device__ __forceinline__ void attn_prefill(float* __restrict__ out, const float* __restrict__ q,
+                                             const qvl_bf16* __restrict__ kc, const qvl_bf16* __restrict__ vc,
+                                             const int* __restrict__ seq_start, const int* __restrict__ ctx_len,
+                                             const int* __restrict__ tables, int max_blocks, int heads, int kv_heads,
+                                             int bs, int num_blocks, float scale_log2, unsigned* err) {
+    constexpr int BQ = 64, BKV = 64, LD = HD + 8, NT = QVL_PREFILL_THREADS;
+    QVL_DYN_SMEM(qvl_bf16, sm);
+    qvl_bf16* Qs = sm;
+    qvl_bf16* Ks = sm + BQ * LD;
+    qvl_bf16* Vs = Ks + BKV * LD;
+    const int qt = blockIdx.x, h = blockIdx.y, s = blockIdx.z;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    const int row0 = seq_start[s], qlen = seq_start[s + 1] - row0;
+    if (qlen < 2) return;
+    const int q0 = qt * BQ;
+    if (q0 >= qlen) return;
+    const int ctx = ctx_len[s];
+    if (ctx < qlen || ctx > max_blocks * bs) {
+        if (tid == 0) qvl_raise(err, QVL_ERR_ATTN_SEQ);
+        return;
+    }
+    const int kvh = h / (heads / kv_heads);
+    const int* table = tables + (long long)s * max_blocks;
+
+    for (int e = tid; e < BQ * (HD / 4); e += NT) {
+        const int r = e / (HD / 4), c4 = e % (HD / 4);
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (q0 + r < qlen) v = *reinterpret_cast<const float4*>(q + ((long long)(row0 + q0 + r) * heads + h) * HD + c4 * 4);
+        uint2 pk;
+        pk.x = qvl_pack_bf16(v.x * scale_log2, v.y * scale_log2);
+        pk.y = qvl_pack_bf16(v.z * scale_log2, v.w * scale_log2);
+        *reinterpret_cast<uint2*>(Qs + r * LD + c4 * 4) = pk;
+    }
+    const int r0 = warp * 16 + g, r1 = r0 + 8;
+    const int base_pos = ctx - qlen;
+    const int pos0 = q0 + r0 < qlen ? base_pos + q0 + r0 : -1;
+    const int pos1 = q0 + r1 < qlen ? base_pos + q0 + r1 : -1;
+    const int kv_end = base_pos + qvl_imin(qlen, q0 + BQ);
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+    for (int kv0 = 0; kv0 < kv_end; kv0 += BKV) {
+        __syncthreads();  // the previous tile is consumed (and, the first time, Q is stored)
+        for (int e = tid; e < BKV * (HD / 8); e += NT) {
+            const int r = e / (HD / 8), c = e % (HD / 8);
+            const int t = kv0 + r;
+            uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = make_uint4(0u, 0u, 0u, 0u);
+            if (t < kv_end) {
+                const int blk = table[t / bs];
+                if (blk >= 0 && blk < num_blocks) {
+                    const long long off = (((long long)blk * kv_heads + kvh) * bs + t % bs) * HD + c * 8;
+                    kv = *reinterpret_cast<const uint4*>(kc + off);
+                    vv = *reinterpret_cast<const uint4*>(vc + off);
+                } else {
+                    qvl_raise(err, QVL_ERR_ATTN_BLOCK);
+                }
+            }
+            *reinterpret_cast<uint4*>(Ks + r * LD + c * 8) = kv;
+            *reinterpret_cast<uint4*>(Vs + r * LD + c * 8) = vv;
+        }
+        __syncthreads();
+
+        float sc[BKV / 8][4];
+#pragma unroll
+        for (int i = 0; i < BKV / 8; i++) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; ++kk) {
+            unsigned a[4];
+            a[0] = qvl_ld32(Qs + r0 * LD + kk * 16 + 2 * t4);
+            a[1] = qvl_ld32(Qs + r1 * LD + kk * 16 + 2 * t4);
+            a[2] = qvl_ld32(Qs + r0 * LD + kk * 16 + 8 + 2 * t4);
+            a[3] = qvl_ld32(Qs + r1 * LD + kk * 16 + 8 + 2 * t4);
+#pragma unroll
+            for (int nt = 0; nt < BKV / 8; ++nt) {
+                const qvl_bf16* kr = Ks + (nt * 8 + g) * LD + kk * 16 + 2 * t4;
+                unsigned b[2];
+                b[0] = qvl_ld32(kr);
+                b[1] = qvl_ld32(kr + 8);
+                qvl_mma_bf16(sc[nt], a, b);
+            }
+        }
+        float mx0 = m0, mx1 = m1;
+#pragma unroll
+        for (int nt = 0; nt < BKV / 8; ++nt) {
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const int col = kv0 + nt * 8 + 2 * t4 + j;
+                if (col > pos0) sc[nt][j] = -INFINITY;
+                if (col > pos1) sc[nt][2 + j] = -INFINITY;
+                mx0 = fmaxf(mx0, sc[nt][j]);
+                mx1 = fmaxf(mx1, sc[nt][2 + j]);
+            }
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(QVL_FULL_MASK, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(QVL_FULL_MASK, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(QVL_FULL_MASK, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(QVL_FULL_MASK, mx1, 2));
+        const float mu0 = mx0 == -INFINITY ? 0.f : mx0;
+        const float mu1 = mx1 == -INFINITY ? 0.f : mx1;
+        const float al0 = exp2f(m0 - mu0), al1 = exp2f(m1 - mu1);
+        m0 = mx0;
+        m1 = mx1;
+        l0 *= al0;
+        l1 *= al1;
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++) {
+            o[i][0] *= al0;
+            o[i][1] *= al0;
+            o[i][2] *= al1;
+            o[i][3] *= al1;
+        }
+#pragma unroll
+        for (int nt = 0; nt < BKV / 8; ++nt) {
+            sc[nt][0] = exp2f(sc[nt][0] - mu0);
+            sc[nt][1] = exp2f(sc[nt][1] - mu0);
+            sc[nt][2] = exp2f(sc[nt][2] - mu1);
+            sc[nt][3] = exp2f(sc[nt][3] - mu1);
+            l0 += sc[nt][0] + sc[nt][1];
+            l1 += sc[nt][2] + sc[nt][3];
+        }
+#pragma unroll
+        for (int kk = 0; kk < BKV / 16; ++kk) {
+            unsigned a[4];
+            a[0] = qvl_pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+            a[1] = qvl_pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+            a[2] = qvl_pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+            a[3] = qvl_pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+            for (int nt = 0; nt < HD / 8; ++nt) {
+                const qvl_bf16* vr = Vs + (kk * 16 + 2 * t4) * LD + nt * 8 + g;
+                unsigned b[2];
+                b[0] = qvl_pack_raw(vr[0], vr[LD]);
+                b[1] = qvl_pack_raw(vr[8 * LD], vr[9 * LD]);
+                qvl_mma_bf16(o[nt], a, b);
+            }
+        }
+    }
+    l0 += __shfl_xor_sync(QVL_FULL_MASK, l0, 1);
+    l0 += __shfl_xor_sync(QVL_FULL_MASK, l0, 2);
+    l1 += __shfl_xor_sync(QVL_FULL_MASK, l1, 1);
+    l1 += __shfl_xor_sync(QVL_FULL_MASK, l1, 2);
+    if (pos0 >= 0) {
+        float* dst = out + ((long long)(row0 + q0 + r0) * heads + h) * HD + 2 * t4;
+#pragma unroll
+        for (int nt = 0; nt < HD / 8; ++nt) {
+            dst[nt * 8] = o[nt][0] / l0;
+            dst[nt * 8 + 1] = o[nt][1] / l0;
+        }
+    }
+    if (pos1 >= 0) {
+        float* dst = out + ((long long)(row0 + q0 + r1) * heads + h) * HD + 2 * t4;
+#pragma unroll
+        for (int nt = 0; nt < HD / 8; ++nt) {
+            dst[nt * 8] = o[nt][2] / l1;
+            dst[nt * 8 + 1] = o[nt][3] / l1;
+        }
+    }
+}
+
+#define QVL_PREFILL(HD)                                                                                           \
+    extern "C" __global__ void __launch_bounds__(QVL_PREFILL_THREADS) qvl_attn_prefill_hd##HD(                    \
+        float* __restrict__ out, const float* __restrict__ q, const qvl_bf16* __restrict__ kc,                    \
+        const qvl_bf16* __restrict__ vc, const int* __restrict__ seq_start, const int* __restrict__ ctx_len,     \
+        const int* __restrict__ tables, int max_blocks, int heads, int kv_heads, int bs, int num_blocks,           \
+        float scale_log2, unsigned* err) {                                                                        \
+        attn_prefill<HD>(out, q, kc, vc, seq_start, ctx_len, tables, max_blocks, heads, kv_heads, bs, num_blocks, \
+                         scale_log2, err);                                                                        \
+    }                                                                                                             \
+    QVL_REGISTER(qvl_attn_prefill_hd##HD)
+
+QVL_PREFILL(32)
+QVL_PREFILL(64)
+QVL_PREFILL(128)
+
+extern "C" __global__ void __launch_bounds__(32)
+qvl_attn_generic(float* __restrict__ out, const float* __restrict__ q, const qvl_bf16* __restrict__ kc,
+                 const qvl_bf16* __restrict__ vc, const int* __restrict__ seq_start, const int* __restrict__ ctx_len,
+                 const int* __restrict__ tables, int max_blocks, int num_seqs, int heads, int kv_heads, int hd, int bs,
+                 int num_blocks, float scale, unsigned* err) {
+    const int r = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
+    int lo = 0, hi = num_seqs - 1;
+    while (lo < hi) {  // the last sequence whose first row is ≤ r
+        const int mid = (lo + hi + 1) / 2;
+        if (seq_start[mid] <= r) lo = mid;
+        else hi = mid - 1;
+    }
+    const int s = lo;
+    const int row0 = seq_start[s], qlen = seq_start[s + 1] - row0, ctx = ctx_len[s];
+    if (r < row0 || r >= row0 + qlen || ctx < qlen || ctx > max_blocks * bs) {
+        if (lane == 0) qvl_raise(err, QVL_ERR_ATTN_SEQ);
+        return;
+    }
+    const int pos = ctx - qlen + (r - row0);
+    const int kvh = h / (heads / kv_heads);
+    const int* table = tables + (long long)s * max_blocks;
+    float qv[8], acc[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        qv[i] = d < hd ? q[((long long)r * heads + h) * hd + d] * scale : 0.f;
+        acc[i] = 0.f;
+    }
+    float m = -INFINITY, l = 0.f;
+    for (int t = 0; t <= pos; t++) {
+        const int blk = table[t / bs];
+        if (blk < 0 || blk >= num_blocks) {
+            if (lane == 0) qvl_raise(err, QVL_ERR_ATTN_BLOCK);
+            continue;
+        }
+        const long long off = (((long long)blk * kv_heads + kvh) * bs + t % bs) * hd;
+        float dot = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int d = lane + 32 * i;
+            if (d < hd) dot += qv[i] * qvl_bf16_to_f32(kc[off + d]);
+        }
+        dot = qvl_warp_sum(dot);
+        const float mn = fmaxf(m, dot);
+        const float al = expf(m - mn), pe = expf(dot - mn);
+        l = l * al + pe;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int d = lane + 32 * i;
+            if (d < hd) acc[i] = acc[i] * al + pe * qvl_bf16_to_f32(vc[off + d]);
+        }
+        m = mn;
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int d = lane + 32 * i;
+        if (d < hd) out[((long long)r * heads + h) * hd + d] = acc[i] / l;
+    }
+}
+QVL_REGISTER(qvl_attn_generic)

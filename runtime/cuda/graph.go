@@ -1,0 +1,122 @@
+package cuda
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/qvl-dev/qvl/runtime/ml"
+)
+
+// Graphs: the model records a decode step once per batch/context bucket (ml.Grapher) and
+// replays it, so that the per-op Go, cgo-free call and launch overhead of a step becomes one
+// graph launch. A CUDA graph keeps the arguments of its kernels, so everything a recorded op
+// points to must stay where it is: the model's step buffers (the model drops the graphs when
+// they move) and this backend's own scratch buffers (the backend drops every graph when one of
+// them grows, and when any tensor is freed, whoever reallocated it). Capture first runs fn once on the stream — a warm-up that sizes the scratch
+// buffers, uploads rotary tables and lets cuBLASLt pick its plans, none of which may happen
+// while capturing — and then records it. A decode step is a pure function of its inputs and
+// writes the same keys and values again, so the extra run changes nothing.
+
+// graphs maps Capture keys to executable graphs.
+type graphs map[uint64]uintptr
+
+// Capture implements ml.Grapher.
+func (b *Backend) Capture(key uint64, fn func() error) error {
+	if err := b.alive(); err != nil {
+		return err
+	}
+	if fn == nil {
+		return errors.New("cuda: Capture of a nil function")
+	}
+	if err := fn(); err != nil {
+		return fmt.Errorf("cuda: graph %#x warm-up: %w", key, err)
+	}
+	prof := b.prof.on
+	b.prof.on = false
+	defer func() { b.prof.on = prof }()
+	if err := b.dev.do(func() error {
+		if err := b.dev.sync(); err != nil {
+			return err
+		}
+		if err := b.deviceErrors(); err != nil {
+			return err
+		}
+		return b.dev.beginCapture()
+	}); err != nil {
+		return fmt.Errorf("cuda: graph %#x: %w", key, err)
+	}
+	b.capturing = true
+	ferr := fn()
+	b.capturing = false
+	var g uintptr
+	err := b.dev.do(func() error {
+		var err error
+		g, err = b.dev.endCapture(ferr != nil)
+		return err
+	})
+	if ferr != nil {
+		return fmt.Errorf("cuda: graph %#x capture: %w", key, errors.Join(ferr, err))
+	}
+	if err != nil {
+		return fmt.Errorf("cuda: graph %#x capture: %w", key, err)
+	}
+	if old, ok := b.graphs[key]; ok {
+		_ = b.dev.do(func() error { b.dev.destroyGraph(old); return nil })
+	}
+	if b.graphs == nil {
+		b.graphs = graphs{}
+	}
+	b.graphs[key] = g
+	return nil
+}
+
+// Replay implements ml.Grapher: one launch of the graph recorded under key.
+func (b *Backend) Replay(key uint64) error {
+	if err := b.alive(); err != nil {
+		return err
+	}
+	g, ok := b.graphs[key]
+	if !ok {
+		return fmt.Errorf("cuda: no graph was captured under %#x", key)
+	}
+	return b.dev.do(func() error { return b.dev.launchGraph(g) })
+}
+
+// HasGraph implements ml.Grapher.
+func (b *Backend) HasGraph(key uint64) bool {
+	_, ok := b.graphs[key]
+	return ok
+}
+
+// DropGraphs implements ml.Grapher.
+func (b *Backend) DropGraphs() {
+	if len(b.graphs) == 0 || b.closed {
+		return
+	}
+	_ = b.dev.do(func() error {
+		b.dropGraphs()
+		return nil
+	})
+}
+
+// dropGraphs destroys every graph. Run inside do.
+func (b *Backend) dropGraphs() {
+	for k, g := range b.graphs {
+		b.dev.destroyGraph(g)
+		delete(b.graphs, k)
+	}
+}
+
+var _ ml.Grapher = (*Backend)(nil)
+
+// eager is a Backend without its ml.Grapher side.
+type eager struct {
+	ml.Backend
+	ml.DeviceSampler
+	ml.Profiler
+}
+
+// WithoutGraphs returns b as a backend that does not record graphs (its DeviceSampler and
+// Profiler stay), so that a model runs every step op by op: for comparisons, and as a way
+// around a graph problem.
+func WithoutGraphs(b *Backend) ml.Backend { return eager{b, b, b} }

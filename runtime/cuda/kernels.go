@@ -1,0 +1,192 @@
+package cuda
+
+import (
+	"fmt"
+	"math"
+)
+
+// kernelID indexes the kernel table.
+type kernelID int
+
+// kernelSpec is a kernel's name and signature: one letter per parameter, p a pointer, i an int,
+// f a float, l a long long. The signature is checked at every launch against what the launch
+// site packed, and, by a test, against the .entry declarations of the embedded PTX.
+type kernelSpec struct {
+	name, sig string
+	// smem is the largest dynamic shared memory the kernel is launched with (0: none).
+	smem func(hd int) int
+}
+
+const (
+	kGather kernelID = iota
+	kScatterAdd
+	kF32ToBF16
+	kRMSNorm
+	kAddRMSNorm
+	kSwiGLU
+	kQKV
+	kAttnMerge
+	kAttnGeneric
+	kEmbed
+	kTopK
+	kSample
+	kPrefill32
+	kPrefill64
+	kPrefill128
+	kDecodeFirst // the decode variants follow, in decodeVariants order
+)
+
+// decodeHeadDims and decodeGroups are the template instances of qvl_attn_decode_hd*_g*
+// (hd 256 stops at group 4: group 8 would need 56 KiB of static shared memory).
+var (
+	decodeHeadDims = []int{32, 64, 128, 256}
+	decodeGroups   = []int{1, 2, 4, 8}
+)
+
+const (
+	sigDecode  = "pppppppiiiiifiippp"
+	sigPrefill = "pppppppiiiiifp"
+)
+
+// prefillSmem is the dynamic shared memory of qvl_attn_prefill_hd*: Q, K and V tiles of 64
+// rows of hd+8 bf16.
+func prefillSmem(hd int) int { return (64 + 2*64) * (hd + 8) * 2 }
+
+// kernelTable lists every kernel the backend launches, indexed by kernelID.
+var kernelTable = func() []kernelSpec {
+	t := []kernelSpec{
+		kGather:      {name: "qvl_gather_rows", sig: "pppiip"},
+		kScatterAdd:  {name: "qvl_scatter_add_rows", sig: "pppiip"},
+		kF32ToBF16:   {name: "qvl_f32_to_bf16", sig: "ppl"},
+		kRMSNorm:     {name: "qvl_rmsnorm", sig: "pppiifp"},
+		kAddRMSNorm:  {name: "qvl_add_rmsnorm", sig: "ppppiifp"},
+		kSwiGLU:      {name: "qvl_swiglu", sig: "ppiip"},
+		kQKV:         {name: "qvl_qkv", sig: "ppppippppppiiiiifp"},
+		kAttnMerge:   {name: "qvl_attn_merge", sig: "pppppiiii"},
+		kAttnGeneric: {name: "qvl_attn_generic", sig: "pppppppiiiiiiifp"},
+		kEmbed:       {name: "qvl_embed", sig: "piippippipppiiiiippppipppp"},
+		kTopK:        {name: "qvl_topk", sig: "pipippp"},
+		kSample:      {name: "qvl_sample", sig: "pippp"},
+		kPrefill32:   {name: "qvl_attn_prefill_hd32", sig: sigPrefill, smem: prefillSmem},
+		kPrefill64:   {name: "qvl_attn_prefill_hd64", sig: sigPrefill, smem: prefillSmem},
+		kPrefill128:  {name: "qvl_attn_prefill_hd128", sig: sigPrefill, smem: prefillSmem},
+	}
+	for _, hd := range decodeHeadDims {
+		for _, g := range decodeGroups {
+			if hd == 256 && g == 8 {
+				continue
+			}
+			t = append(t, kernelSpec{name: fmt.Sprintf("qvl_attn_decode_hd%d_g%d", hd, g), sig: sigDecode})
+		}
+	}
+	return t
+}()
+
+// decodeKernel returns the decode instance for head size hd and group size g (the smallest
+// instantiated group ≥ g), or false when none covers them.
+func decodeKernel(hd, g int) (kernelID, bool) {
+	id := kDecodeFirst
+	for _, h := range decodeHeadDims {
+		for _, gm := range decodeGroups {
+			if h == 256 && gm == 8 {
+				continue
+			}
+			if h == hd && g <= gm {
+				return id, true
+			}
+			id++
+		}
+	}
+	return 0, false
+}
+
+// prefillKernel returns the prefill instance for head size hd.
+func prefillKernel(hd int) (kernelID, bool) {
+	switch hd {
+	case 32:
+		return kPrefill32, true
+	case 64:
+		return kPrefill64, true
+	case 128:
+		return kPrefill128, true
+	}
+	return 0, false
+}
+
+// maxKernelArgs is the most parameters a kernel takes (the driver binding's limit is 32).
+const maxKernelArgs = 32
+
+// kargs packs kernel parameters without allocating: each value sits in an 8-byte slot, as
+// cuLaunchKernel's kernelParams expect (the driver reads the low 4 bytes of a slot for a 4-byte
+// parameter on the little-endian machines CUDA runs on). kinds records what was packed, for
+// the signature check.
+type kargs struct {
+	n     int
+	vals  [maxKernelArgs]uint64
+	kinds [maxKernelArgs]byte
+	err   error
+}
+
+func (a *kargs) reset() *kargs {
+	a.n, a.err = 0, nil
+	return a
+}
+
+func (a *kargs) push(kind byte, v uint64) *kargs {
+	if a.n == maxKernelArgs {
+		if a.err == nil {
+			a.err = fmt.Errorf("more than %d kernel arguments", maxKernelArgs)
+		}
+		return a
+	}
+	a.vals[a.n], a.kinds[a.n] = v, kind
+	a.n++
+	return a
+}
+
+// ptr adds a device pointer (0 is the null pointer).
+func (a *kargs) ptr(p uintptr) *kargs { return a.push('p', uint64(p)) }
+
+// i32 adds an int; values outside the int32 range are an error at launch.
+func (a *kargs) i32(v int) *kargs {
+	if v < math.MinInt32 || v > math.MaxInt32 {
+		if a.err == nil {
+			a.err = fmt.Errorf("kernel argument %d = %d does not fit an int", a.n, v)
+		}
+	}
+	return a.push('i', uint64(uint32(int32(v))))
+}
+
+// f32 adds a float.
+func (a *kargs) f32(v float32) *kargs { return a.push('f', uint64(math.Float32bits(v))) }
+
+// i64 adds a long long.
+func (a *kargs) i64(v int64) *kargs { return a.push('l', uint64(v)) }
+
+// flag adds an int that is 1 when b holds.
+func (a *kargs) flag(b bool) *kargs {
+	if b {
+		return a.i32(1)
+	}
+	return a.i32(0)
+}
+
+// check reports a packing error or a mismatch with the kernel's signature.
+func (a *kargs) check(k kernelSpec) error {
+	if a.err != nil {
+		return fmt.Errorf("%s: %w", k.name, a.err)
+	}
+	if a.n != len(k.sig) || string(a.kinds[:a.n]) != k.sig {
+		return fmt.Errorf("%s: packed arguments %q do not match the kernel's signature %q", k.name, a.kinds[:a.n], k.sig)
+	}
+	return nil
+}
+
+// dim3 is a grid or block shape.
+type dim3 struct{ x, y, z int }
+
+func d1(x int) dim3 { return dim3{x, 1, 1} }
+
+func (d dim3) valid() bool {
+	return d.x > 0 && d.y > 0 && d.z > 0 && d.x <= math.MaxInt32 && d.y <= 65535 && d.z <= 65535
+}

@@ -1,0 +1,353 @@
+package cuda
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/qvl-dev/qvl/runtime/ml"
+)
+
+// Thread counts of the kernels (the .cu files' launch bounds).
+const (
+	normThreads    = 256
+	rowThreads     = 256
+	qkvThreads     = 128
+	attnThreads    = 128
+	embedThreads   = 256
+	sampleThreads  = 1024
+	decodeMaxPart  = 512
+	decodeMinPart  = 64
+	prefillTile    = 64
+	genericMaxHead = 256
+)
+
+func isBF16(t ml.Tensor) bool { return t.DType() == ml.BF16 }
+
+// elementwiseGrid is the grid of a grid-stride kernel over n elements.
+func (b *Backend) elementwiseGrid(n int) int {
+	return max(1, min((n+rowThreads-1)/rowThreads, 8*b.info.sms))
+}
+
+// EmbedProject implements ml.Backend with one launch of qvl_embed (kernels/embed.cu).
+func (b *Backend) EmbedProject(out ml.Tensor, a ml.EmbedArgs) error {
+	const op = "EmbedProject"
+	if err := ml.CheckEmbed(out, a); err != nil {
+		return err
+	}
+	if err := b.owns(op, out, a.Tokens, a.Table, a.Visual, a.VisualIdx, a.Custom, a.CustomIdx, a.CustomSrc); err != nil {
+		return err
+	}
+	n, h := a.Tokens.Shape()[0], a.Table.Shape()[1]
+	vocab := a.Table.Shape()[0]
+	if n == 0 || h == 0 {
+		return nil
+	}
+	nv := 0
+	if a.VisualIdx != nil {
+		nv = a.VisualIdx.Shape()[0]
+	}
+	nc, ne, d, hid, k := 0, 0, 0, 0, 0
+	var p *ml.Projector
+	if a.CustomIdx != nil && a.CustomIdx.Shape()[0] > 0 {
+		p = a.Projector
+		if err := b.owns(op, p.FC1, p.B1, p.FC2, p.B2); err != nil {
+			return err
+		}
+		nc, ne = a.CustomIdx.Shape()[0], a.Custom.Shape()[0]
+		hid, d, k = p.FC1.Shape()[0], p.FC1.Shape()[1], p.K
+		if ne == 0 {
+			return fmt.Errorf("%s: %d custom rows but no custom embeddings", op, nc)
+		}
+	}
+	flags := 0
+	if isBF16(a.Table) {
+		flags |= 1
+	}
+	maps := nv > 0 || nc > 0
+	grid := min(n, 4*b.info.sms)
+	if maps {
+		grid = b.info.persistent
+	}
+	return b.dev.do(func() error {
+		var fc1, fc2, b1, b2 uintptr
+		if nc > 0 {
+			var err error
+			if fc1, err = b.bf16Ptr(p.FC1.(*Tensor)); err != nil {
+				return err
+			}
+			if fc2, err = b.bf16Ptr(p.FC2.(*Tensor)); err != nil {
+				return err
+			}
+			b1, b2 = ptr(p.B1), ptr(p.B2)
+			if isBF16(p.B1) {
+				flags |= 2
+			}
+			if isBF16(p.B2) {
+				flags |= 4
+			}
+			if p.TanhGELU {
+				flags |= 8
+			}
+			if err := b.ensure(&b.embedMid, 2*ne*hid); err != nil {
+				return err
+			}
+		}
+		if err := b.ensure(&b.embedInts, 4*(n+ne*k+nc)); err != nil {
+			return err
+		}
+		b.a.reset().ptr(ptr(out)).i32(n).i32(h).ptr(ptr(a.Tokens)).ptr(ptr(a.Table)).i32(vocab).
+			ptr(ptr(a.Visual)).ptr(ptr(a.VisualIdx)).i32(nv).
+			ptr(ptr(a.Custom)).ptr(ptr(a.CustomIdx)).ptr(ptr(a.CustomSrc)).i32(nc).i32(ne).i32(d).i32(hid).i32(k).
+			ptr(fc1).ptr(b1).ptr(fc2).ptr(b2).i32(flags).
+			ptr(b.embedInts.p).ptr(b.embedMid.p).ptr(b.bar).ptr(b.dev.errFlags())
+		return b.launch(kEmbed, d1(max(grid, 1)), d1(embedThreads), 0)
+	})
+}
+
+// MatMul implements ml.Backend: x is rounded to bf16 (qvl_f32_to_bf16) and multiplied by a
+// bf16 w with cuBLASLt (f32 accumulation); an f32 w takes an f32 GEMM on x as it is.
+func (b *Backend) MatMul(out, x, w ml.Tensor) error {
+	if err := ml.CheckMatMul(out, x, w); err != nil {
+		return err
+	}
+	if err := b.owns("MatMul", out, x, w); err != nil {
+		return err
+	}
+	n, k, m := x.Shape()[0], x.Shape()[1], w.Shape()[0]
+	if n == 0 || m == 0 {
+		return nil
+	}
+	return b.dev.do(func() error {
+		if k == 0 {
+			return b.dev.memset32(ptr(out), 0, n*m)
+		}
+		if !isBF16(w) {
+			return b.linear(n, m, k, false, ptr(x), ptr(w), ptr(out))
+		}
+		if err := b.ensure(&b.xbf, 2*n*k); err != nil {
+			return err
+		}
+		if err := b.convertBF16(ptr(x), b.xbf.p, n*k); err != nil {
+			return err
+		}
+		return b.linear(n, m, k, true, b.xbf.p, ptr(w), ptr(out))
+	})
+}
+
+// RMSNorm implements ml.Backend (qvl_rmsnorm, one block per row).
+func (b *Backend) RMSNorm(out, x, w ml.Tensor, eps float32) error {
+	if err := ml.CheckRMSNorm(out, x, w); err != nil {
+		return err
+	}
+	if err := b.owns("RMSNorm", out, x, w); err != nil {
+		return err
+	}
+	rows, h := x.Shape()[0], x.Shape()[1]
+	if rows == 0 || h == 0 {
+		return nil
+	}
+	return b.dev.do(func() error {
+		b.a.reset().ptr(ptr(out)).ptr(ptr(x)).ptr(ptr(w)).flag(isBF16(w)).i32(h).f32(eps).ptr(0)
+		return b.launch(kRMSNorm, d1(rows), d1(normThreads), 0)
+	})
+}
+
+// AddRMSNorm implements ml.Backend (qvl_add_rmsnorm, one block per row).
+func (b *Backend) AddRMSNorm(out, x, delta, w ml.Tensor, eps float32) error {
+	if err := ml.CheckAddRMSNorm(out, x, delta, w); err != nil {
+		return err
+	}
+	if err := b.owns("AddRMSNorm", out, x, delta, w); err != nil {
+		return err
+	}
+	rows, h := x.Shape()[0], x.Shape()[1]
+	if rows == 0 || h == 0 {
+		return nil
+	}
+	return b.dev.do(func() error {
+		b.a.reset().ptr(ptr(out)).ptr(ptr(x)).ptr(ptr(delta)).ptr(ptr(w)).flag(isBF16(w)).i32(h).f32(eps).ptr(0)
+		return b.launch(kAddRMSNorm, d1(rows), d1(normThreads), 0)
+	})
+}
+
+// SwiGLU implements ml.Backend (qvl_swiglu).
+func (b *Backend) SwiGLU(out, gu ml.Tensor) error {
+	if err := ml.CheckSwiGLU(out, gu); err != nil {
+		return err
+	}
+	if err := b.owns("SwiGLU", out, gu); err != nil {
+		return err
+	}
+	rows, inter := out.Shape()[0], out.Shape()[1]
+	if rows == 0 || inter == 0 {
+		return nil
+	}
+	return b.dev.do(func() error {
+		b.a.reset().ptr(ptr(out)).ptr(ptr(gu)).i32(rows).i32(inter).ptr(0)
+		return b.launch(kSwiGLU, d1(b.elementwiseGrid(rows*inter)), d1(rowThreads), 0)
+	})
+}
+
+// ScatterAdd implements ml.Backend (qvl_scatter_add_rows; duplicate indices add up).
+func (b *Backend) ScatterAdd(x, rows, idx ml.Tensor) error {
+	if err := ml.CheckScatterAdd(x, rows, idx); err != nil {
+		return err
+	}
+	if err := b.owns("ScatterAdd", x, rows, idx); err != nil {
+		return err
+	}
+	r, h := rows.Shape()[0], x.Shape()[1]
+	if r == 0 || h == 0 {
+		return nil
+	}
+	return b.dev.do(func() error {
+		b.a.reset().ptr(ptr(x)).ptr(ptr(rows)).ptr(ptr(idx)).i32(h).i32(x.Shape()[0]).ptr(b.dev.errFlags())
+		return b.launch(kScatterAdd, d1(r), d1(rowThreads), 0)
+	})
+}
+
+// Gather implements ml.Backend (qvl_gather_rows).
+func (b *Backend) Gather(out, x, idx ml.Tensor) error {
+	if err := ml.CheckGather(out, x, idx); err != nil {
+		return err
+	}
+	if err := b.owns("Gather", out, x, idx); err != nil {
+		return err
+	}
+	r, h := idx.Shape()[0], x.Shape()[1]
+	if r == 0 || h == 0 {
+		return nil
+	}
+	return b.dev.do(func() error {
+		b.a.reset().ptr(ptr(out)).ptr(ptr(x)).ptr(ptr(idx)).i32(h).i32(x.Shape()[0]).ptr(b.dev.errFlags())
+		return b.launch(kGather, d1(r), d1(rowThreads), 0)
+	})
+}
+
+// QKV implements ml.Backend (qvl_qkv, one block per token).
+func (b *Backend) QKV(qkv ml.Tensor, a ml.QKVArgs) error {
+	const op = "QKV"
+	if err := ml.CheckQKV(qkv, a); err != nil {
+		return err
+	}
+	if err := b.owns(op, qkv, a.Q, a.QNorm, a.KNorm, a.Pos, a.Slots, a.K, a.V); err != nil {
+		return err
+	}
+	if a.K.DType() != ml.BF16 || a.V.DType() != ml.BF16 {
+		return fmt.Errorf("%s: the CUDA cache must be bf16, got k %s and v %s", op, a.K.DType(), a.V.DType())
+	}
+	n := qkv.Shape()[0]
+	if n == 0 {
+		return nil
+	}
+	flags := 0
+	if isBF16(a.QNorm) {
+		flags |= 1
+	}
+	if isBF16(a.KNorm) {
+		flags |= 2
+	}
+	hd, l := a.HeadDim, a.Layout
+	return b.dev.do(func() error {
+		tab, err := b.ropeTable(a.Rope, hd)
+		if err != nil {
+			return err
+		}
+		half := hd / 2
+		b.a.reset().ptr(ptr(qkv)).ptr(ptr(a.Q)).ptr(ptr(a.QNorm)).ptr(ptr(a.KNorm)).i32(flags).
+			ptr(ptr(a.Pos)).ptr(ptr(a.Slots)).ptr(ptr(a.K)).ptr(ptr(a.V)).ptr(tab).ptr(tab + uintptr(8*half)).
+			i32(a.Heads).i32(a.KVHeads).i32(hd).i32(l.BlockSize).i32(l.NumBlocks).f32(a.Eps).ptr(b.dev.errFlags())
+		smem := (qkvThreads/32 + 1) * hd * 4
+		return b.launch(kQKV, d1(n), d1(qkvThreads), smem)
+	})
+}
+
+// decodePartition chooses the split-K partition of decode attention: 512 tokens, halved (down
+// to 64) while the grid would have fewer than two blocks per SM, so that a small batch still
+// spreads its context over the GPU.
+func decodePartition(kvHeads, seqs, ctx, sms int) (part, nparts int) {
+	part = decodeMaxPart
+	for part > decodeMinPart && kvHeads*seqs*((ctx+part-1)/part) < 2*sms {
+		part /= 2
+	}
+	return part, max(1, (ctx+part-1)/part)
+}
+
+// Attention implements ml.Backend: qvl_attn_decode_* for sequences with one query row
+// (split-K with qvl_attn_merge when the context spans several partitions) and
+// qvl_attn_prefill_* (tensor cores) for the others; qvl_attn_generic for shapes the templates
+// do not cover.
+func (b *Backend) Attention(out, q ml.Tensor, a ml.AttnArgs) error {
+	const op = "Attention"
+	if err := ml.CheckAttention(out, q, a); err != nil {
+		return err
+	}
+	if err := b.owns(op, out, q, a.K, a.V, a.SeqStart, a.CtxLen, a.BlockTables); err != nil {
+		return err
+	}
+	if a.K.DType() != ml.BF16 || a.V.DType() != ml.BF16 {
+		return fmt.Errorf("%s: the CUDA cache must be bf16, got k %s and v %s", op, a.K.DType(), a.V.DType())
+	}
+	n, nb := q.Shape()[0], a.NumSeqs
+	if n == 0 || nb == 0 {
+		return nil
+	}
+	hd, l := a.HeadDim, a.Layout
+	if hd > genericMaxHead {
+		return fmt.Errorf("%s: head_dim %d is above the supported %d", op, hd, genericMaxHead)
+	}
+	maxBlocks := a.BlockTables.Shape()[1]
+	ctxBound := maxBlocks * l.BlockSize
+	maxCtx := a.MaxCtxLen
+	if maxCtx <= 0 || maxCtx > ctxBound {
+		maxCtx = ctxBound
+	}
+	maxQ := a.MaxQueryLen
+	if maxQ <= 0 || maxQ > n {
+		maxQ = n
+	}
+	g := a.Heads / a.KVHeads
+	dec, okDec := decodeKernel(hd, g)
+	pre, okPre := prefillKernel(hd)
+	generic := !okDec || (maxQ > 1 && !okPre)
+	errs := b.dev.errFlags()
+	common := func() *kargs {
+		return b.a.reset().ptr(ptr(out)).ptr(ptr(q)).ptr(ptr(a.K)).ptr(ptr(a.V)).ptr(ptr(a.SeqStart)).
+			ptr(ptr(a.CtxLen)).ptr(ptr(a.BlockTables)).i32(maxBlocks)
+	}
+	return b.dev.do(func() error {
+		if generic {
+			common().i32(nb).i32(a.Heads).i32(a.KVHeads).i32(hd).i32(l.BlockSize).i32(l.NumBlocks).f32(a.Scale).ptr(errs)
+			return b.launch(kAttnGeneric, dim3{n, a.Heads, 1}, d1(32), 0)
+		}
+		part, nparts := decodePartition(a.KVHeads, nb, maxCtx, b.info.sms)
+		if nparts > 1 {
+			if err := b.ensure(&b.part, 4*n*a.Heads*nparts*hd); err != nil {
+				return err
+			}
+			if err := b.ensure(&b.partML, 8*n*a.Heads*nparts); err != nil {
+				return err
+			}
+		}
+		common().i32(a.Heads).i32(a.KVHeads).i32(l.BlockSize).i32(l.NumBlocks).f32(a.Scale).i32(part).i32(nparts).
+			ptr(b.part.p).ptr(b.partML.p).ptr(errs)
+		if err := b.launch(dec, dim3{a.KVHeads, nb, nparts}, d1(attnThreads), 0); err != nil {
+			return err
+		}
+		if nparts > 1 {
+			b.a.reset().ptr(ptr(out)).ptr(b.part.p).ptr(b.partML.p).ptr(ptr(a.SeqStart)).ptr(ptr(a.CtxLen)).
+				i32(a.Heads).i32(hd).i32(part).i32(nparts)
+			if err := b.launch(kAttnMerge, dim3{a.Heads, nb, 1}, d1(attnThreads), 0); err != nil {
+				return err
+			}
+		}
+		if maxQ > 1 {
+			common().i32(a.Heads).i32(a.KVHeads).i32(l.BlockSize).i32(l.NumBlocks).f32(a.Scale * math.Log2E).ptr(errs)
+			grid := dim3{(maxQ + prefillTile - 1) / prefillTile, a.Heads, nb}
+			if err := b.launch(pre, grid, d1(attnThreads), prefillSmem(hd)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}

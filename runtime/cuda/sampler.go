@@ -1,0 +1,146 @@
+package cuda
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/qvl-dev/qvl/runtime/ml"
+)
+
+// MaxTopK is the largest k that TopK accepts (the kernel sorts its winners in shared memory).
+const MaxTopK = 1024
+
+// checkLogits validates a [B, V] f32 logits tensor of this backend and returns B and V.
+func (b *Backend) checkLogits(op string, logits ml.Tensor) (int, int, error) {
+	if err := b.owns(op, logits); err != nil {
+		return 0, 0, err
+	}
+	s := logits.Shape()
+	if logits.DType() != ml.F32 || len(s) != 2 {
+		return 0, 0, fmt.Errorf("%s: logits are %s%v, want f32 [B, V]", op, logits.DType(), s)
+	}
+	if s[1] <= 0 || s[1] > math.MaxInt32/2 {
+		return 0, 0, fmt.Errorf("%s: logits have %d columns", op, s[1])
+	}
+	return s[0], s[1], nil
+}
+
+// TopK implements ml.DeviceSampler with qvl_topk (kernels/sampling.cu): per row a radix
+// select of the k[r]-th largest logit, the winners sorted best first (ties: lower id first).
+// maxK is at most MaxTopK. Rows with fewer than k[r] non-NaN logits end with id −1 and −inf.
+func (b *Backend) TopK(logits ml.Tensor, k []int, maxK int, ids []int32, vals []float32) error {
+	const op = "TopK"
+	rows, v, err := b.checkLogits(op, logits)
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(k) != rows:
+		return fmt.Errorf("%s: %d values of k for %d rows", op, len(k), rows)
+	case maxK < 1 || maxK > MaxTopK:
+		return fmt.Errorf("%s: maxK = %d, want 1 ... %d", op, maxK, MaxTopK)
+	case len(ids) < rows*maxK || len(vals) < rows*maxK:
+		return fmt.Errorf("%s: ids and vals hold %d and %d entries, want %d", op, len(ids), len(vals), rows*maxK)
+	}
+	kk := make([]int32, rows)
+	for r, x := range k {
+		if x < 0 || x > maxK {
+			return fmt.Errorf("%s: k[%d] = %d is outside [0, %d]", op, r, x, maxK)
+		}
+		kk[r] = int32(x)
+	}
+	if rows == 0 {
+		return nil
+	}
+	return b.dev.do(func() error {
+		if err := b.ensure(&b.topkK, 4*rows); err != nil {
+			return err
+		}
+		if err := b.ensure(&b.topkIDs, 4*rows*maxK); err != nil {
+			return err
+		}
+		if err := b.ensure(&b.topkVals, 4*rows*maxK); err != nil {
+			return err
+		}
+		if err := b.dev.upload(b.topkK.p, i32Bytes(kk)); err != nil {
+			return err
+		}
+		b.a.reset().ptr(ptr(logits)).i32(v).ptr(b.topkK.p).i32(maxK).ptr(b.topkIDs.p).ptr(b.topkVals.p).ptr(b.dev.errFlags())
+		if err := b.launch(kTopK, d1(rows), d1(sampleThreads), 0); err != nil {
+			return err
+		}
+		if err := b.dev.download(i32Bytes(ids[:rows*maxK]), b.topkIDs.p); err != nil {
+			return err
+		}
+		if err := b.dev.download(f32Bytes(vals[:rows*maxK]), b.topkVals.p); err != nil {
+			return err
+		}
+		return b.deviceErrors()
+	})
+}
+
+// paramWords is the size of one row of qvl_sample's parameters: temperature, top_k, top_p,
+// min_p, and the uniform draw as an f64 (two words, low first).
+const paramWords = 6
+
+// Sample implements ml.DeviceSampler with qvl_sample (kernels/sampling.cu).
+func (b *Backend) Sample(logits ml.Tensor, p []ml.SampleParams, out []int32) error {
+	const op = "Sample"
+	rows, v, err := b.checkLogits(op, logits)
+	if err != nil {
+		return err
+	}
+	if len(p) != rows || len(out) < rows {
+		return fmt.Errorf("%s: %d parameter rows and %d outputs for %d logit rows", op, len(p), len(out), rows)
+	}
+	params := make([]float32, paramWords*rows)
+	for r, q := range p {
+		switch {
+		case !(q.Temperature >= 0) || math.IsInf(float64(q.Temperature), 0):
+			return fmt.Errorf("%s: row %d: temperature must be a finite number ≥ 0, got %v", op, r, q.Temperature)
+		case !(q.TopP >= 0 && q.TopP <= 1):
+			return fmt.Errorf("%s: row %d: top_p must be in [0, 1], got %v", op, r, q.TopP)
+		case !(q.MinP >= 0 && q.MinP <= 1):
+			return fmt.Errorf("%s: row %d: min_p must be in [0, 1], got %v", op, r, q.MinP)
+		case !(q.Uniform >= 0 && q.Uniform < 1):
+			return fmt.Errorf("%s: row %d: the uniform draw must be in [0, 1), got %v", op, r, q.Uniform)
+		}
+		topk := q.TopK
+		if topk < 0 {
+			topk = 0 // -1 means all, as in package sample
+		}
+		topk = min(topk, math.MaxInt32)
+		row := params[paramWords*r : paramWords*(r+1)]
+		row[0] = q.Temperature
+		row[1] = math.Float32frombits(uint32(int32(topk)))
+		row[2] = q.TopP
+		row[3] = q.MinP
+		u := math.Float64bits(q.Uniform)
+		row[4] = math.Float32frombits(uint32(u))
+		row[5] = math.Float32frombits(uint32(u >> 32))
+	}
+	if rows == 0 {
+		return nil
+	}
+	return b.dev.do(func() error {
+		if err := b.ensure(&b.params, 4*len(params)); err != nil {
+			return err
+		}
+		if err := b.ensure(&b.sampled, 4*rows); err != nil {
+			return err
+		}
+		if err := b.dev.upload(b.params.p, f32Bytes(params)); err != nil {
+			return err
+		}
+		b.a.reset().ptr(ptr(logits)).i32(v).ptr(b.params.p).ptr(b.sampled.p).ptr(b.dev.errFlags())
+		if err := b.launch(kSample, d1(rows), d1(sampleThreads), 0); err != nil {
+			return err
+		}
+		if err := b.dev.download(i32Bytes(out[:rows]), b.sampled.p); err != nil {
+			return err
+		}
+		return b.deviceErrors()
+	})
+}
+
+var _ ml.DeviceSampler = (*Backend)(nil)

@@ -1,0 +1,281 @@
+package cuda
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/qvl-dev/qvl/runtime/ml"
+	"github.com/qvl-dev/qvl/runtime/sample"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// refArgmax is package sample's argmax: the largest value, lowest id on ties, NaN never wins,
+// 0 when nothing beats −inf.
+func refArgmax(row []float32) int32 {
+	best, bv := int32(0), float32(math.Inf(-1))
+	for i, v := range row {
+		if v > bv {
+			best, bv = int32(i), v
+		}
+	}
+	return best
+}
+
+// refSample is ml.DeviceSampler.Sample's contract written out as package sample computes it
+// (State.Sample without penalties), with the row's draw p.Uniform in place of the request's
+// random stream: greedy, inverse CDF over all tokens in id order, or over the best-first
+// prefix kept by top-k, min-p and top-p (measured against the top-k mass).
+func refSample(row []float32, p ml.SampleParams) int32 {
+	if p.Temperature == 0 || p.TopK == 1 {
+		return refArgmax(row)
+	}
+	invT := 1 / float64(p.Temperature)
+	m := float64(row[refArgmax(row)])
+	weight := func(v float32) float64 { return math.Exp((float64(v) - m) * invT) }
+	if !(p.TopK > 0 || (p.TopP > 0 && p.TopP < 1) || p.MinP > 0) {
+		var total float64
+		w := make([]float64, len(row))
+		for i, v := range row {
+			if v == v {
+				w[i] = weight(v)
+			}
+			total += w[i]
+		}
+		u := p.Uniform * total
+		var acc float64
+		last := int32(0)
+		for i, x := range w {
+			if x == 0 {
+				continue
+			}
+			acc += x
+			last = int32(i)
+			if acc > u {
+				return last
+			}
+		}
+		return last
+	}
+	k := len(row)
+	if p.TopK > 0 {
+		k = min(p.TopK, len(row))
+	}
+	topP := float64(p.TopP)
+	if topP <= 0 || topP >= 1 {
+		topP = 1
+	}
+	cand := sample.TopKRow(nil, row, k)
+	var z float64
+	if k == len(row) {
+		for _, v := range row {
+			if v == v {
+				z += weight(v)
+			}
+		}
+	} else {
+		for _, c := range cand {
+			z += weight(c.Value)
+		}
+	}
+	if p.MinP > 0 {
+		n := 0
+		for n < len(cand) && weight(cand[n].Value) >= float64(p.MinP) {
+			n++
+		}
+		cand = cand[:max(1, n)]
+	}
+	keep, acc := len(cand), 0.0
+	var probs []float64
+	for i, c := range cand {
+		w := weight(c.Value)
+		probs = append(probs, w)
+		acc += w
+		if acc >= topP*z {
+			keep = i + 1
+			break
+		}
+	}
+	var total float64
+	for _, w := range probs[:keep] {
+		total += w
+	}
+	u := p.Uniform * total
+	acc = 0
+	for i := 0; i < keep; i++ {
+		acc += probs[i]
+		if acc > u {
+			return cand[i].ID
+		}
+	}
+	return cand[keep-1].ID
+}
+
+// logitRows makes B rows of V logits: normal rows of scale s, and a few special ones.
+func logitRow(r *rand.Rand, kind string, v int) []float32 {
+	row := make([]float32, v)
+	switch kind {
+	case "peaked":
+		for i := range row {
+			row[i] = float32(3 * r.NormFloat64())
+		}
+	case "flat":
+		for i := range row {
+			row[i] = float32(0.01 * r.NormFloat64())
+		}
+	case "ties":
+		for i := range row {
+			row[i] = float32(r.IntN(4))
+		}
+	case "nan":
+		for i := range row {
+			switch r.IntN(6) {
+			case 0:
+				row[i] = float32(math.NaN())
+			case 1:
+				row[i] = float32(math.Inf(-1))
+			default:
+				row[i] = float32(r.NormFloat64())
+			}
+		}
+	case "sparse": // only 200 numbers, the rest NaN
+		for i := range row {
+			row[i] = float32(math.NaN())
+		}
+		for _, i := range r.Perm(v)[:200] {
+			row[i] = float32(r.NormFloat64())
+		}
+	default:
+		panic(kind)
+	}
+	return row
+}
+
+func TestTopK(t *testing.T) {
+	rows := []struct {
+		kind string
+		k    int
+	}{{"peaked", 1}, {"ties", 7}, {"nan", 64}, {"peaked", 0}, {"flat", 1024}, {"sparse", 300}, {"ties", 1000}}
+	forEachCUDA(t, func(t *testing.T, b *Backend, gpu bool) {
+		vs := []int{3001}
+		if gpu {
+			vs = append(vs, 151936)
+		}
+		for _, v := range vs {
+			t.Run(fmt.Sprint("V", v), func(t *testing.T) {
+				r := rand.New(rand.NewPCG(21, uint64(v)))
+				var logits []float32
+				ks := make([]int, len(rows))
+				for i, x := range rows {
+					logits = append(logits, logitRow(r, x.kind, v)...)
+					ks[i] = x.k
+				}
+				e := newEnv(t, b)
+				lt := e.in(ml.F32, logits, len(rows), v)
+				const maxK = 1024
+				ids := make([]int32, len(rows)*maxK)
+				vals := make([]float32, len(rows)*maxK)
+				require.NoError(t, b.TopK(lt, ks, maxK, ids, vals))
+				for i, x := range rows {
+					want := sample.TopKRow(nil, logits[i*v:(i+1)*v], x.k)
+					for j := 0; j < x.k; j++ {
+						gid, gv := ids[i*maxK+j], vals[i*maxK+j]
+						if j >= len(want) {
+							require.Equal(t, int32(-1), gid, "row %d (%s) entry %d past the non-NaN logits", i, x.kind, j)
+							continue
+						}
+						require.Equal(t, want[j].ID, gid, "row %d (%s, k %d) entry %d", i, x.kind, x.k, j)
+						require.Equal(t, want[j].Value, gv, "row %d entry %d", i, j)
+					}
+				}
+			})
+		}
+	})
+}
+
+func TestTopKRejectsBadK(t *testing.T) {
+	b := simBackend(t)
+	e := newEnv(t, b)
+	lt := e.in(ml.F32, make([]float32, 20), 2, 10)
+	ids, vals := make([]int32, 2*4), make([]float32, 2*4)
+	assert.ErrorContains(t, b.TopK(lt, []int{1, 5}, 4, ids, vals), "k[1] = 5")
+	assert.ErrorContains(t, b.TopK(lt, []int{1}, 4, ids, vals), "1 values of k for 2 rows")
+	assert.ErrorContains(t, b.TopK(lt, []int{1, 1}, 2000, ids, vals), "maxK = 2000")
+}
+
+func TestSample(t *testing.T) {
+	type row struct {
+		kind string
+		p    ml.SampleParams
+	}
+	rows := []row{
+		{"peaked", ml.SampleParams{}},                                     // greedy
+		{"ties", ml.SampleParams{Temperature: 0.5, TopK: 1}},              // greedy by top-k 1, ties
+		{"peaked", ml.SampleParams{Temperature: 0.8}},                     // unfiltered
+		{"nan", ml.SampleParams{Temperature: 1}},                          // unfiltered over NaN and −inf
+		{"peaked", ml.SampleParams{Temperature: 1, TopK: 20, TopP: 0.8}},  // Qwen's defaults
+		{"peaked", ml.SampleParams{Temperature: 1, TopP: 0.9}},            // nucleus inside the best 1024
+		{"peaked", ml.SampleParams{Temperature: 0.7, MinP: 0.05}},         // min-p inside the best 1024
+		{"flat", ml.SampleParams{Temperature: 1, TopP: 0.9}},              // nucleus of ~2700: mass selects
+		{"flat", ml.SampleParams{Temperature: 1, MinP: 0.96}},             // min-p prefix of ~2000
+		{"flat", ml.SampleParams{Temperature: 1, TopK: 2000, TopP: 0.99}}, // top-k above 1024
+		{"flat", ml.SampleParams{Temperature: 1, TopK: 1500}},             // top-k above 1024 alone
+		{"peaked", ml.SampleParams{Temperature: 0.7, TopK: 5, MinP: 0.5}},
+		{"ties", ml.SampleParams{Temperature: 1, TopK: 10}},
+		{"ties", ml.SampleParams{Temperature: 1, TopP: 0.5}},
+		{"peaked", ml.SampleParams{Temperature: 2, TopK: 50, TopP: 0.7, MinP: 0.1}},
+		{"peaked", ml.SampleParams{Temperature: 1, TopK: 5000}}, // top-k past the vocabulary
+		{"sparse", ml.SampleParams{Temperature: 1, TopP: 0.95}},
+	}
+	forEachCUDA(t, func(t *testing.T, b *Backend, gpu bool) {
+		vs := []int{3001}
+		if gpu {
+			vs = append(vs, 151936)
+		}
+		for _, v := range vs {
+			t.Run(fmt.Sprint("V", v), func(t *testing.T) {
+				r := rand.New(rand.NewPCG(22, uint64(v)))
+				var logits []float32
+				for _, x := range rows {
+					logits = append(logits, logitRow(r, x.kind, v)...)
+				}
+				e := newEnv(t, b)
+				lt := e.in(ml.F32, logits, len(rows), v)
+				for round := 0; round < 3; round++ {
+					p := make([]ml.SampleParams, len(rows))
+					for i, x := range rows {
+						p[i] = x.p
+						p[i].Uniform = r.Float64()
+					}
+					out := make([]int32, len(rows))
+					require.NoError(t, b.Sample(lt, p, out))
+					for i, x := range rows {
+						want := refSample(logits[i*v:(i+1)*v], p[i])
+						require.Equal(t, want, out[i], "round %d row %d (%s, %+v)", round, i, x.kind, p[i])
+					}
+				}
+			})
+		}
+	})
+}
+
+func TestSampleRejectsBadParams(t *testing.T) {
+	b := simBackend(t)
+	e := newEnv(t, b)
+	lt := e.in(ml.F32, make([]float32, 10), 1, 10)
+	out := make([]int32, 1)
+	for _, c := range []struct {
+		p   ml.SampleParams
+		msg string
+	}{
+		{ml.SampleParams{Temperature: -1}, "temperature"},
+		{ml.SampleParams{Temperature: 1, TopP: 1.5}, "top_p"},
+		{ml.SampleParams{Temperature: 1, MinP: -0.1}, "min_p"},
+		{ml.SampleParams{Temperature: 1, Uniform: 1}, "uniform"},
+	} {
+		assert.ErrorContains(t, b.Sample(lt, []ml.SampleParams{c.p}, out), c.msg)
+	}
+	assert.ErrorContains(t, b.Sample(lt, nil, out), "0 parameter rows")
+}

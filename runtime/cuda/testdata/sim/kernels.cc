@@ -1,0 +1,9 @@
+// kernels.cc — compiles qvl's kernels (kernels/*.cu) for the CPU emulation of qvl_sim.h.
+// The .cu files are included as they are; QVL_REGISTER lists each kernel for qvlsim_launch.
+#include "activation.cu"
+#include "attention.cu"
+#include "embed.cu"
+#include "norm.cu"
+#include "qkv.cu"
+#include "rows.cu"
+#include "sampling.cu"

@@ -1,0 +1,212 @@
+// qvl_sim.h — a CPU emulation of the CUDA device features that qvl's kernels use, so that the
+// op harness can run the kernels' logic on machines without a GPU.
+//
+// Each thread of a block is a fiber (ucontext) on one OS thread; blocks of a grid run one after
+// another. A fiber runs until it reaches a synchronisation point (__syncthreads, a warp
+// shuffle or vote, mma.sync, a spin wait) and then yields; a barrier completes when every live
+// participant has arrived. That makes the emulation deterministic, makes function-local
+// `static` variables (what __shared__ becomes) shared by the threads of the running block, and
+// turns into errors what a GPU would hang on or silently get wrong: a __syncthreads that only
+// some threads reach, a shuffle after some lanes exited, a deadlock. Atomics need no locking,
+// since fibers only switch at synchronisation points.
+//
+// What it does not check: races between threads of a block between two barriers (each fiber
+// runs to its next barrier alone, in thread order), memory visibility between blocks, and the
+// real hardware's floating-point accumulation order inside mma.sync.
+#pragma once
+
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <functional>
+
+namespace qvlsim {
+
+struct uint3_ {
+    unsigned x, y, z;
+};
+
+extern uint3_* g_tid;
+extern uint3_ g_bid, g_bdim, g_gdim;
+
+// Synchronisation points (sim.cc).
+void syncthreads();
+void syncwarp();
+void yield_spin();
+uint64_t warp_exchange(uint64_t v, int src_lane);  // returns src_lane's value (src < 0: own)
+unsigned warp_ballot(bool pred);
+void mma_bf16_16816(float* d, const unsigned* a, const unsigned* b);
+unsigned char* dyn_smem();
+int lane_id();
+
+using Invoker = std::function<void(void**)>;
+struct Registrar {
+    Registrar(const char* name, Invoker inv);
+};
+
+template <typename... A, std::size_t... I>
+void invoke_params(void (*f)(A...), void** p, std::index_sequence<I...>) {
+    f(*static_cast<std::remove_reference_t<A>*>(p[I])...);
+}
+
+template <typename... A>
+Invoker make_invoker(void (*f)(A...)) {
+    return [f](void** p) { invoke_params(f, p, std::index_sequence_for<A...>{}); };
+}
+
+template <typename T>
+inline uint64_t to_bits(T v) {
+    static_assert(sizeof(T) <= 8, "shuffle of a type wider than 8 bytes");
+    uint64_t b = 0;
+    std::memcpy(&b, &v, sizeof(T));
+    return b;
+}
+
+template <typename T>
+inline T from_bits(uint64_t b) {
+    T v;
+    std::memcpy(&v, &b, sizeof(T));
+    return v;
+}
+
+void check_mask(unsigned mask);
+
+}  // namespace qvlsim
+
+#define QVL_REGISTER(name) static qvlsim::Registrar qvl_reg_##name(#name, qvlsim::make_invoker(name));
+#define QVL_DYN_SMEM(T, name) T* name = reinterpret_cast<T*>(qvlsim::dyn_smem())
+#define QVL_SPIN_WAIT() qvlsim::yield_spin()
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
+#define __shared__ static
+#define __restrict__ __restrict
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+
+#define threadIdx (*qvlsim::g_tid)
+#define blockIdx (qvlsim::g_bid)
+#define blockDim (qvlsim::g_bdim)
+#define gridDim (qvlsim::g_gdim)
+
+struct uint4 {
+    unsigned x, y, z, w;
+};
+struct uint2 {
+    unsigned x, y;
+};
+struct int4 {
+    int x, y, z, w;
+};
+struct float4 {
+    float x, y, z, w;
+};
+struct float2 {
+    float x, y;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
+
+inline void __syncthreads() { qvlsim::syncthreads(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    qvlsim::check_mask(mask);
+    qvlsim::syncwarp();
+}
+inline void __threadfence() { __asm__ __volatile__("" ::: "memory"); }
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
+    qvlsim::check_mask(mask);
+    return qvlsim::from_bits<T>(qvlsim::warp_exchange(qvlsim::to_bits(v), qvlsim::lane_id() ^ (lane_mask & 31)));
+}
+template <typename T>
+inline T __shfl_sync(unsigned mask, T v, int src) {
+    qvlsim::check_mask(mask);
+    return qvlsim::from_bits<T>(qvlsim::warp_exchange(qvlsim::to_bits(v), src & 31));
+}
+template <typename T>
+inline T __shfl_up_sync(unsigned mask, T v, unsigned delta) {
+    qvlsim::check_mask(mask);
+    int src = qvlsim::lane_id() - (int)delta;
+    return qvlsim::from_bits<T>(qvlsim::warp_exchange(qvlsim::to_bits(v), src < 0 ? -1 : src));
+}
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned delta) {
+    qvlsim::check_mask(mask);
+    int src = qvlsim::lane_id() + (int)delta;
+    return qvlsim::from_bits<T>(qvlsim::warp_exchange(qvlsim::to_bits(v), src > 31 ? -1 : src));
+}
+inline unsigned __ballot_sync(unsigned mask, int pred) {
+    qvlsim::check_mask(mask);
+    return qvlsim::warp_ballot(pred != 0);
+}
+
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
+inline int __popcll(unsigned long long v) { return __builtin_popcountll(v); }
+inline int __ffs(int v) { return __builtin_ffs(v); }
+inline int __clz(int v) { return v == 0 ? 32 : __builtin_clz((unsigned)v); }
+
+inline float __uint_as_float(unsigned u) { return qvlsim::from_bits<float>(u); }
+inline unsigned __float_as_uint(float f) { return (unsigned)qvlsim::to_bits(f); }
+inline float __int_as_float(int i) { return qvlsim::from_bits<float>((uint32_t)i); }
+inline int __float_as_int(float f) { return (int)(uint32_t)qvlsim::to_bits(f); }
+inline long long __double_as_longlong(double d) { return (long long)qvlsim::to_bits(d); }
+inline double __longlong_as_double(long long v) { return qvlsim::from_bits<double>((uint64_t)v); }
+
+template <typename T>
+inline T __ldg(const T* p) { return *p; }
+template <typename T>
+inline T __ldcg(const T* p) { return *p; }
+template <typename T>
+inline void __stcg(T* p, T v) { *p = v; }
+
+// Atomics: fibers switch only at synchronisation points, so plain read-modify-write is atomic.
+template <typename T>
+inline T atomicAdd(T* p, T v) {
+    T old = *p;
+    *p = old + v;
+    return old;
+}
+template <typename T>
+inline T atomicMax(T* p, T v) {
+    T old = *p;
+    if (v > old) *p = v;
+    return old;
+}
+template <typename T>
+inline T atomicMin(T* p, T v) {
+    T old = *p;
+    if (v < old) *p = v;
+    return old;
+}
+template <typename T>
+inline T atomicExch(T* p, T v) {
+    T old = *p;
+    *p = v;
+    return old;
+}
+template <typename T>
+inline T atomicOr(T* p, T v) {
+    T old = *p;
+    *p = old | v;
+    return old;
+}
+template <typename T>
+inline T atomicCAS(T* p, T cmp, T v) {
+    T old = *p;
+    if (old == cmp) *p = v;
+    return old;
+}
+
+#ifndef INFINITY
+#define INFINITY (__builtin_inff())
+#endif
+#ifndef NAN
+#define NAN (__builtin_nanf(""))
+#endif

@@ -1,0 +1,365 @@
+// sim.cc — the fiber scheduler, kernel registry, memory and C API of the CPU emulation
+// (see qvl_sim.h). The Go tests build this file and kernels.cc into a shared library and load
+// it with purego; every entry point runs the emulation on a fresh thread with all signals
+// blocked, so the Go runtime's signals never land on a fiber stack.
+#include "qvl_sim.h"
+
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <ucontext.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace qvlsim {
+
+uint3_* g_tid;
+uint3_ g_bid, g_bdim, g_gdim;
+
+namespace {
+
+constexpr size_t kStack = 256 << 10;
+constexpr int kMaxThreads = 1024;
+
+// A fiber starts on its own stack with setcontext once; after that, switches between the
+// scheduler and fibers are _setjmp/_longjmp, which do not save the signal mask (swapcontext
+// makes a system call per switch).
+struct Fiber {
+    ucontext_t ctx;
+    jmp_buf jb;
+    bool started = false;
+    char* stack = nullptr;
+    uint3_ tid;
+    int lin = 0;
+    bool done = false;
+};
+
+struct Barrier {
+    int arrived = 0;
+    unsigned gen = 0;
+};
+
+std::map<std::string, Invoker>& registry() {
+    static std::map<std::string, Invoker> r;
+    return r;
+}
+
+jmp_buf g_sched;
+std::vector<Fiber> g_fibers;
+int g_nthreads, g_live, g_cur;
+int g_warp_live[kMaxThreads / 32];
+Barrier g_block_bar;
+Barrier g_warp_bar[kMaxThreads / 32];
+uint64_t g_xchg[kMaxThreads / 32][32];
+unsigned g_mma_a[kMaxThreads / 32][32][4];
+unsigned g_mma_b[kMaxThreads / 32][32][2];
+const Invoker* g_invoker;
+void** g_params;
+long g_events;  // arrivals, releases and exits: progress made by the block
+std::string g_error;
+std::vector<unsigned char> g_dyn;
+
+void fail(const std::string& msg) {
+    if (g_error.empty()) g_error = msg;
+}
+
+void yield() {
+    if (_setjmp(g_fibers[g_cur].jb) == 0) _longjmp(g_sched, 1);
+}
+
+void fiber_main() {
+    (*g_invoker)(g_params);
+    Fiber& f = g_fibers[g_cur];
+    f.done = true;
+    g_live--;
+    g_warp_live[f.lin / 32]--;
+    g_events++;
+    if (g_block_bar.arrived > 0) {
+        fail("a thread exited while others wait at __syncthreads (divergent barrier)");
+    }
+    if (g_warp_bar[f.lin / 32].arrived > 0) {
+        fail("a lane exited while others of its warp wait at a warp-synchronous operation");
+    }
+    _longjmp(g_sched, 1);
+}
+
+void wait_barrier(Barrier& b, int participants) {
+    const unsigned my = b.gen;
+    g_events++;
+    if (++b.arrived >= participants) {
+        b.arrived = 0;
+        b.gen++;
+        return;
+    }
+    while (b.gen == my) {
+        if (!g_error.empty()) return;
+        yield();
+    }
+}
+
+}  // namespace
+
+Registrar::Registrar(const char* name, Invoker inv) { registry()[name] = std::move(inv); }
+
+int lane_id() { return g_fibers[g_cur].lin & 31; }
+
+void check_mask(unsigned mask) {
+    if (mask != 0xffffffffu) fail("partial-warp mask in a warp-synchronous operation (the emulation supports full warps only)");
+}
+
+void syncthreads() { wait_barrier(g_block_bar, g_live); }
+
+void syncwarp() {
+    const int w = g_fibers[g_cur].lin / 32;
+    if (g_warp_live[w] != 32) fail("warp-synchronous operation after some lanes of the warp exited");
+    wait_barrier(g_warp_bar[w], g_warp_live[w]);
+}
+
+void yield_spin() {
+    // A spin wait makes no progress by itself: if nothing else moves, the scheduler reports a deadlock.
+    yield();
+}
+
+uint64_t warp_exchange(uint64_t v, int src) {
+    const int w = g_fibers[g_cur].lin / 32, lane = g_fibers[g_cur].lin & 31;
+    g_xchg[w][lane] = v;
+    syncwarp();
+    const uint64_t r = src < 0 ? v : g_xchg[w][src];
+    syncwarp();
+    return r;
+}
+
+unsigned warp_ballot(bool pred) {
+    const int w = g_fibers[g_cur].lin / 32, lane = g_fibers[g_cur].lin & 31;
+    g_xchg[w][lane] = pred ? 1 : 0;
+    syncwarp();
+    unsigned m = 0;
+    for (int i = 0; i < 32; i++) m |= (g_xchg[w][i] ? 1u : 0u) << i;
+    syncwarp();
+    return m;
+}
+
+static float bf16lo(unsigned w) {
+    unsigned u = w << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+static float bf16hi(unsigned w) {
+    unsigned u = w & 0xffff0000u;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// mma_bf16_16816 reassembles A (16×16), B (16×8) from the 32 lanes' fragments with the layout
+// of the PTX ISA ("Matrix Fragments for mma.m16n8k16 with floating point type") and returns
+// each lane its part of D = A·B + D.
+void mma_bf16_16816(float* d, const unsigned* a, const unsigned* b) {
+    const int w = g_fibers[g_cur].lin / 32, lane = g_fibers[g_cur].lin & 31;
+    for (int i = 0; i < 4; i++) g_mma_a[w][lane][i] = a[i];
+    for (int i = 0; i < 2; i++) g_mma_b[w][lane][i] = b[i];
+    syncwarp();
+    float A[16][16], B[16][8];
+    for (int l = 0; l < 32; l++) {
+        const int g = l >> 2, t = l & 3;
+        const unsigned* fa = g_mma_a[w][l];
+        A[g][2 * t] = bf16lo(fa[0]);
+        A[g][2 * t + 1] = bf16hi(fa[0]);
+        A[g + 8][2 * t] = bf16lo(fa[1]);
+        A[g + 8][2 * t + 1] = bf16hi(fa[1]);
+        A[g][2 * t + 8] = bf16lo(fa[2]);
+        A[g][2 * t + 9] = bf16hi(fa[2]);
+        A[g + 8][2 * t + 8] = bf16lo(fa[3]);
+        A[g + 8][2 * t + 9] = bf16hi(fa[3]);
+        const unsigned* fb = g_mma_b[w][l];
+        B[2 * t][g] = bf16lo(fb[0]);
+        B[2 * t + 1][g] = bf16hi(fb[0]);
+        B[2 * t + 8][g] = bf16lo(fb[1]);
+        B[2 * t + 9][g] = bf16hi(fb[1]);
+    }
+    syncwarp();
+    const int g = lane >> 2, t = lane & 3;
+    const int rows[4] = {g, g, g + 8, g + 8};
+    const int cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+    for (int i = 0; i < 4; i++) {
+        float s = d[i];
+        for (int k = 0; k < 16; k++) s += A[rows[i]][k] * B[k][cols[i]];
+        d[i] = s;
+    }
+}
+
+unsigned char* dyn_smem() { return g_dyn.data(); }
+
+namespace {
+
+// run_block runs one block of the current launch to completion; false on an emulation error.
+bool run_block() {
+    const int n = g_nthreads;
+    if ((int)g_fibers.size() < n) g_fibers.resize(n);
+    g_live = n;
+    for (int w = 0; w < (n + 31) / 32; w++) {
+        g_warp_live[w] = n - 32 * w < 32 ? n - 32 * w : 32;
+        g_warp_bar[w] = Barrier{};
+    }
+    g_block_bar = Barrier{};
+    // CUDA leaves dynamic shared memory uninitialised: poison it so that reads before writes show.
+    std::memset(g_dyn.data(), 0xff, g_dyn.size());
+    for (int i = 0; i < n; i++) {
+        Fiber& f = g_fibers[i];
+        if (!f.stack) f.stack = static_cast<char*>(std::malloc(kStack));
+        f.done = false;
+        f.started = false;
+        f.lin = i;
+        f.tid = {i % g_bdim.x, (i / g_bdim.x) % g_bdim.y, i / (g_bdim.x * g_bdim.y)};
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack;
+        f.ctx.uc_stack.ss_size = kStack;
+        f.ctx.uc_link = nullptr;
+        makecontext(&f.ctx, fiber_main, 0);
+    }
+    while (g_live > 0) {
+        const long before = g_events;
+        for (int i = 0; i < n; i++) {
+            if (g_fibers[i].done) continue;
+            g_cur = i;
+            g_tid = &g_fibers[i].tid;
+            if (_setjmp(g_sched) == 0) {
+                if (!g_fibers[i].started) {
+                    g_fibers[i].started = true;
+                    setcontext(&g_fibers[i].ctx);
+                }
+                _longjmp(g_fibers[i].jb, 1);
+            }
+            if (!g_error.empty()) return false;
+        }
+        if (g_live > 0 && g_events == before) {
+            fail("deadlock: every live thread waits and none can proceed");
+            return false;
+        }
+    }
+    return true;
+}
+
+struct LaunchArgs {
+    const Invoker* inv;
+    unsigned grid[3], block[3];
+    unsigned smem;
+    void** params;
+    int ok;
+};
+
+void* launch_thread(void* p) {
+    auto* a = static_cast<LaunchArgs*>(p);
+    g_invoker = a->inv;
+    g_params = a->params;
+    g_bdim = {a->block[0], a->block[1], a->block[2]};
+    g_gdim = {a->grid[0], a->grid[1], a->grid[2]};
+    g_nthreads = (int)(a->block[0] * a->block[1] * a->block[2]);
+    g_dyn.assign(a->smem + 16, 0);
+    g_error.clear();
+    a->ok = 1;
+    for (unsigned z = 0; z < a->grid[2] && a->ok; z++)
+        for (unsigned y = 0; y < a->grid[1] && a->ok; y++)
+            for (unsigned x = 0; x < a->grid[0] && a->ok; x++) {
+                g_bid = {x, y, z};
+                if (!run_block()) a->ok = 0;
+            }
+    return nullptr;
+}
+
+}  // namespace
+}  // namespace qvlsim
+
+extern "C" {
+
+// qvlsim_launch runs kernel name over the grid; params holds one 8-byte slot per kernel
+// parameter (as cuLaunchKernel's kernelParams point to). It returns 0, or -1 with a message
+// in err.
+int qvlsim_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                  unsigned smem, const uint64_t* vals, int nvals, char* err, int errlen) {
+    using namespace qvlsim;
+    // The emulation's state is global: one launch at a time, whatever the callers do.
+    static std::mutex launch_mu;
+    std::lock_guard<std::mutex> lock(launch_mu);
+    auto report = [&](const std::string& m) {
+        std::snprintf(err, errlen, "%s", m.c_str());
+        return -1;
+    };
+    auto it = registry().find(name);
+    if (it == registry().end()) return report(std::string("no kernel named ") + name);
+    const unsigned n = bx * by * bz;
+    if (n == 0 || n > (unsigned)kMaxThreads || n % 32 != 0)
+        return report("block of " + std::to_string(n) + " threads: the emulation needs a positive multiple of 32 up to 1024");
+    if (gx == 0 || gy == 0 || gz == 0) return report("empty grid");
+    std::vector<uint64_t> slots(vals, vals + nvals);
+    std::vector<void*> params(nvals);
+    for (int i = 0; i < nvals; i++) params[i] = &slots[i];
+    LaunchArgs a{&it->second, {gx, gy, gz}, {bx, by, bz}, smem, params.data(), 0};
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 16 << 20);
+    sigset_t all;
+    sigfillset(&all);
+    pthread_attr_setsigmask_np(&attr, &all);
+    pthread_t th;
+    if (pthread_create(&th, &attr, launch_thread, &a) != 0) return report("pthread_create failed");
+    pthread_join(th, nullptr);
+    pthread_attr_destroy(&attr);
+    if (!a.ok) return report(std::string(name) + ": " + g_error);
+    return 0;
+}
+
+int qvlsim_kernel_count() { return (int)qvlsim::registry().size(); }
+
+// qvlsim_kernel_name returns the i-th registered kernel's name (sorted).
+const char* qvlsim_kernel_name(int i) {
+    auto it = qvlsim::registry().begin();
+    std::advance(it, i);
+    return it->first.c_str();
+}
+
+uint64_t qvlsim_alloc(uint64_t bytes) {
+    void* p = nullptr;
+    if (posix_memalign(&p, 256, bytes ? bytes : 1) != 0) return 0;
+    std::memset(p, 0xa5, bytes);
+    return (uint64_t)(uintptr_t)p;
+}
+
+void qvlsim_free(uint64_t p) { std::free((void*)(uintptr_t)p); }
+
+void qvlsim_htod(uint64_t dst, const void* src, uint64_t n) { std::memcpy((void*)(uintptr_t)dst, src, n); }
+void qvlsim_dtoh(void* dst, uint64_t src, uint64_t n) { std::memcpy(dst, (const void*)(uintptr_t)src, n); }
+
+void qvlsim_memset32(uint64_t dst, uint32_t v, uint64_t n) {
+    auto* p = (uint32_t*)(uintptr_t)dst;
+    for (uint64_t i = 0; i < n; i++) p[i] = v;
+}
+
+// qvlsim_linear is the reference Y[m,n] = X[m,k]·W[n,k]ᵀ that stands in for cuBLASLt: bf16
+// (bf16 != 0) or f32 operands, f32 accumulation, f32 output.
+void qvlsim_linear(int m, int n, int k, int bf16, uint64_t x, uint64_t w, uint64_t y) {
+    auto* Y = (float*)(uintptr_t)y;
+    auto load = [&](uint64_t base, long i) -> float {
+        if (bf16) {
+            unsigned u = (unsigned)((const uint16_t*)(uintptr_t)base)[i] << 16;
+            float f;
+            std::memcpy(&f, &u, 4);
+            return f;
+        }
+        return ((const float*)(uintptr_t)base)[i];
+    };
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            float s = 0;
+            for (int c = 0; c < k; c++) s += load(x, (long)i * k + c) * load(w, (long)j * k + c);
+            Y[(long)i * n + j] = s;
+        }
+}
+
+}  // extern "C"

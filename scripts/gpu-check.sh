@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# gpu-check.sh OUTDIR — every GPU check of the CUDA backend in one run, on a GPU machine
+# that has no Go toolchain, from binaries built beforehand on a machine without a GPU
+# (`make gpu-binaries` writes them to build/gpu/):
+#
+#   build/gpu/qvl          the qvl command
+#   build/gpu/cuda.test    go test -c ./runtime/cuda       (op harness, verify, graphs, 2B, benchmark)
+#   build/gpu/cudab.test   go test -c ./bindings/cuda      (driver API bindings)
+#   build/gpu/cublasb.test go test -c ./bindings/cublas    (cuBLAS/cuBLASLt bindings)
+#
+# Steps: the bindings' GPU tests; the op harness (every op against the CPU reference); the
+# goldens through the engine (`qvl verify --backend cuda`, with CUDA graphs, without, and with
+# chunked prefill); a synthetic 2B checkpoint (`qvl synth`); 8 mixed requests teacher-forced
+# for 32 steps on the 2B against the CPU backend; and the benchmark of issue 6's workloads.
+# Each step has a time limit and the whole run a deadline ($QVL_GPU_CHECK_BUDGET seconds,
+# default 470, so that it ends within 8 minutes); a step that fails or times out does not stop
+# the others. Full logs go to OUTDIR; a short table is printed last. Exit status 1 if any step
+# failed. Run it from anywhere inside the repository checkout.
+set -uo pipefail
+
+out=${1:?usage: scripts/gpu-check.sh OUTDIR}
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${QVL_GPU_BIN:-$root/build/gpu}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+budget=${QVL_GPU_CHECK_BUDGET:-470}
+deadline=$(($(date +%s) + budget))
+synthdir=${QVL_SYNTH_2B:-${TMPDIR:-/tmp}/qvl-gpu-check/qwen3-vl-2b}
+
+# The driver's PTX JIT cache: the kernels are compiled once, not in every process.
+export CUDA_CACHE_PATH=${CUDA_CACHE_PATH:-${TMPDIR:-/tmp}/qvl-gpu-check/nv-cache}
+export CUDA_CACHE_MAXSIZE=${CUDA_CACHE_MAXSIZE:-2147483648}
+# The op harness runs on the GPU only here (its CPU-emulation half runs in CI).
+export QVL_SKIP_SIM=1
+mkdir -p "$CUDA_CACHE_PATH"
+
+declare -a rows=()
+failed=0
+
+# step NAME LIMIT DIR CMD... runs CMD in DIR with its output in OUTDIR/NAME.log, for at most
+# LIMIT seconds (less when the deadline is nearer), and records the outcome.
+step() {
+	local name=$1 limit=$2 dir=$3
+	shift 3
+	local left=$((deadline - $(date +%s)))
+	if ((left < 10)); then
+		rows+=("$name|skipped|0|the run's deadline has passed")
+		failed=1
+		return
+	fi
+	((limit > left)) && limit=$left
+	local log="$out/$name.log" start rc
+	start=$(date +%s)
+	echo "== $name (limit ${limit}s): $*" >&2
+	(cd "$dir" && timeout --kill-after=10 "$limit" "$@") >"$log" 2>&1
+	rc=$?
+	local secs=$(($(date +%s) - start)) status=ok
+	if ((rc == 124 || rc == 137)); then
+		status=TIMEOUT
+	elif ((rc != 0)); then
+		status="FAIL($rc)"
+	elif grep -q -e 'no GPU' -e 'no GPU found' "$log"; then
+		status=NO-GPU # the GPU tests skipped: on this machine that is a failure
+	fi
+	[[ $status != ok ]] && failed=1
+	rows+=("$name|$status|$secs|$(summary "$name" "$log")")
+	echo "   $status in ${secs}s" >&2
+}
+
+# summary NAME LOG extracts the line of the table for a step.
+summary() {
+	local name=$1 log=$2
+	case $name in
+	bindings-*|ops)
+		local pass fail skip
+		pass=$(grep -c -- '--- PASS' "$log")
+		fail=$(grep -c -- '--- FAIL' "$log")
+		skip=$(grep -c -- '--- SKIP' "$log")
+		echo "$pass passed, $fail failed, $skip skipped$(grep -m1 -o 'no GPU: .*' "$log" | sed 's/^/; /')"
+		;;
+	verify*)
+		local worst verdict
+		worst=$(awk '{for (i = 1; i < NF; i++) if ($i == "relL2") print $(i + 1)}' "$log" | sort -g | tail -1)
+		verdict=$(grep -E 'all [0-9]+ cases pass|cases failed' "$log" | tail -1)
+		echo "${verdict:-$(tail -1 "$log")}; worst relL2 ${worst:-n/a} (bound 2e-2)"
+		;;
+	synth)
+		grep -m1 -E 'done in|exists' "$log" || true
+		;;
+	e2e-2b)
+		grep -m1 -o 'worst relative L2 error.*' "$log" || grep -m1 -E 'Error:|no GPU|FAIL' "$log" || true
+		;;
+	bench)
+		echo "$(grep -c '^BENCH | [a-z]' "$log") results (table below)$(grep -m1 -E 'Error:|no GPU' "$log" | sed 's/^ */; /')"
+		;;
+	esac
+}
+
+have() {
+	if [[ ! -x $bin/$1 ]]; then
+		rows+=("$2|MISSING|0|$bin/$1 not found: run make gpu-binaries on the build machine")
+		failed=1
+		return 1
+	fi
+}
+
+{
+	echo "date: $(date -u +%FT%TZ)"
+	echo "host: $(uname -a)"
+	nvidia-smi 2>&1 || echo "nvidia-smi not found"
+	ls -la "$bin" 2>&1
+} >"$out/env.log"
+
+have cudab.test bindings-cuda && step bindings-cuda 90 "$root/bindings/cuda" "$bin/cudab.test" -test.v -test.timeout 80s
+have cublasb.test bindings-cublas && step bindings-cublas 90 "$root/bindings/cublas" "$bin/cublasb.test" -test.v -test.timeout 80s
+have cuda.test ops && step ops 150 "$root/runtime/cuda" "$bin/cuda.test" -test.v -test.timeout 140s \
+	-test.run 'TestKernelTable|TestOp|TestTopK|TestSample|TestVerifyGoldens|TestGraphDecodeMatchesEager'
+golden=$root/testdata/goldens/qwen3vl-tiny-a
+if have qvl verify; then
+	step verify 60 "$root" "$bin/qvl" verify --backend cuda --goldens "$golden"
+	step verify-eager 60 "$root" env QVL_CUDA_GRAPHS=0 "$bin/qvl" verify --backend cuda --goldens "$golden"
+	step verify-chunked 60 "$root" "$bin/qvl" verify --backend cuda --goldens "$golden" --max-num-batched-tokens 8
+	if [[ -f $synthdir/config.json && -f $synthdir/projector/projector.json ]]; then
+		echo "exists: $synthdir" >"$out/synth.log"
+		rows+=("synth|ok|0|reused $synthdir")
+	else
+		mkdir -p "$(dirname "$synthdir")"
+		step synth 150 "$root" "$bin/qvl" synth --shape qwen3-vl-2b --out "$synthdir"
+	fi
+fi
+if have cuda.test e2e-2b; then
+	step e2e-2b 200 "$root/runtime/cuda" env QVL_SYNTH_2B="$synthdir" "$bin/cuda.test" -test.v -test.timeout 190s \
+		-test.run 'TestGPUSynth2BMixedRequests'
+	step bench 200 "$root/runtime/cuda" env QVL_BENCH=1 QVL_BENCH_OUT="$out/bench.json" QVL_SYNTH_2B="$synthdir" \
+		"$bin/cuda.test" -test.v -test.timeout 190s -test.run 'TestGPUBenchmark'
+fi
+
+echo
+echo "qvl gpu-check: logs in $out"
+printf '%-16s %-10s %6s  %s\n' step status secs summary
+for r in "${rows[@]}"; do
+	IFS='|' read -r name status secs note <<<"$r"
+	printf '%-16s %-10s %6s  %s\n' "$name" "$status" "$secs" "$note"
+done
+if [[ -f $out/bench.log ]] && grep -q '^BENCH |' "$out/bench.log"; then
+	echo
+	grep '^BENCH |' "$out/bench.log" | sed 's/^BENCH | //'
+fi
+exit $failed
