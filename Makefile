@@ -5,7 +5,7 @@ NVCC ?= nvcc
 KERNELS := $(wildcard kernels/*.cu)
 PTX := $(KERNELS:.cu=.ptx)
 
-.PHONY: help build test vet run bench kernels check-kernels gpu-binaries clean
+.PHONY: help build test vet run bench kernels check-kernels gpu-binaries gpu-check perf-page perf clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -30,5 +30,24 @@ kernels: $(PTX) ## rebuild the PTX of kernels/*.cu with nvcc
 kernels/%.ptx: kernels/%.cu kernels/*.cuh
 	$(NVCC) -ptx -arch=compute_80 -O3 -std=c++17 -o $@ $<
 
+check-kernels: ## rebuild the PTX and fail if it differs from the committed PTX
+	$(MAKE) -B kernels && git diff --exit-code -- kernels/*.ptx
+
+gpu-binaries: ## build build/gpu/ (qvl and GPU test binaries) for scripts/gpu-check.sh
+	mkdir -p build/gpu
+	$(GO) build -o build/gpu/qvl ./cmd/qvl
+	$(GO) test -c -o build/gpu/cuda.test ./runtime/cuda
+	$(GO) test -c -o build/gpu/cudab.test ./bindings/cuda
+	$(GO) test -c -o build/gpu/cublasb.test ./bindings/cublas
+
+gpu-check: gpu-binaries ## run every GPU check (on a machine with a GPU; logs in build/gpu-check)
+	scripts/gpu-check.sh build/gpu-check
+
+perf-page: ## regenerate docs/performance.md from the result files in docs/perf/
+	$(GO) run ./cmd/qvl bench report --results docs/perf --out docs/performance.md
+
+perf: ## run the benchmark suite (minutes), then regenerate docs/performance.md
+	scripts/perf-page.sh
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) build
