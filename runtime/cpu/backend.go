@@ -10,10 +10,11 @@ import (
 
 // Backend runs qvl's ops on the CPU. The zero value is not usable; call New.
 type Backend struct {
-	name   string
-	k      kernels
-	prof   profile
-	drawer sample.Drawer
+	name        string
+	k           kernels
+	prof        profile
+	drawer      sample.Drawer
+	copyWeights bool
 }
 
 // Options configure the CPU backend.
@@ -22,6 +23,13 @@ type Options struct {
 	Reference bool
 	// Threads is the number of threads the fast kernels use (0: all cores).
 	Threads int
+	// Precision is the fast kernels' matmul precision; the zero value (PrecisionExact) defers to
+	// $QVL_CPU_MATMUL, which is exact when unset.
+	Precision Precision
+	// AliasWeights keeps the fast kernels' weights in the checkpoint's memory mapping instead of
+	// copying them into anonymous memory (huge pages where the kernel allows); the copy streams
+	// faster, the alias saves the memory.
+	AliasWeights bool
 }
 
 // kernels is the set of op implementations the backend dispatches to: the reference loops, or
@@ -61,12 +69,17 @@ func (refKernels) attention(out, q, kc, vc []float32, seqStart, ctxLen, tables [
 // otherwise the plain-Go reference.
 func New(o Options) *Backend {
 	var k kernels = refKernels{}
+	copyWeights := false
 	if !o.Reference {
-		if f := newFastKernels(o.Threads); f != nil {
-			k = f
+		p := o.Precision
+		if p == PrecisionExact {
+			p = envPrecision()
+		}
+		if f := newFastKernels(o.Threads, p); f != nil {
+			k, copyWeights = f, !o.AliasWeights
 		}
 	}
-	return &Backend{name: k.name(), k: k}
+	return &Backend{name: k.name(), k: k, copyWeights: copyWeights}
 }
 
 // NewReference returns the plain-Go reference backend.
@@ -113,9 +126,18 @@ func (b *Backend) Alloc(dt ml.DType, shape ...int) (ml.Tensor, error) {
 	return NewTensor(dt, shape...), nil
 }
 
-// Weight implements ml.Backend; aligned little-endian data is aliased, not copied.
+// Weight implements ml.Backend. The reference backend aliases aligned little-endian data; the
+// fast one copies it into anonymous memory unless Options.AliasWeights is set.
 func (b *Backend) Weight(dt ml.DType, shape []int, data []byte) (ml.Tensor, error) {
-	return tensorFromBytes(dt, shape, data)
+	if !b.copyWeights {
+		return tensorFromBytes(dt, shape, data)
+	}
+	data, owner := anonCopy(data)
+	t, err := tensorFromBytes(dt, shape, data)
+	if t != nil {
+		t.owner = owner
+	}
+	return t, err
 }
 
 // Free implements ml.Backend; memory is reclaimed by the garbage collector.

@@ -91,9 +91,9 @@ type fastKernels struct {
 }
 
 // newFastKernels returns the C kernels at the best level this CPU supports, with
-// threads threads (0: all cores) and the precision set by $QVL_CPU_MATMUL.
-func newFastKernels(threads int) kernels {
-	return newFastKernelsAt(detected(), threads, envPrecision())
+// threads threads (0: all cores) and matmul precision p.
+func newFastKernels(threads int, p Precision) kernels {
+	return newFastKernelsAt(detected(), threads, p)
 }
 
 func newFastKernelsAt(l level, threads int, p Precision) *fastKernels {

@@ -11,7 +11,7 @@ import (
 
 // newFastKernels reports that this build (CGO_ENABLED=0) has no C kernels: the backend uses the
 // plain-Go reference ops.
-func newFastKernels(threads int) kernels { return nil }
+func newFastKernels(threads int, p Precision) kernels { return nil }
 
 func kernelLevel() string { return "none" }
 

@@ -171,9 +171,11 @@ func BenchmarkDecode2B(b *testing.B) {
 	threads := benchThreads()
 	ck, parts, wbytes := weightBytes(b, dir)
 	defer ck.Close()
-	for _, mode := range []string{"fast", "ref"} {
+	// fast copies the weights into anonymous memory (the default); fast-alias streams them from
+	// the checkpoint's file mapping.
+	for _, mode := range []string{"fast", "fast-alias", "ref"} {
 		b.Run(fmt.Sprintf("%s/t%d", mode, threads), func(b *testing.B) {
-			be := New(Options{Threads: threads, Reference: mode == "ref"})
+			be := New(Options{Threads: threads, Reference: mode == "ref", AliasWeights: mode == "fast-alias"})
 			m := benchModel(b, be, dir, 64)
 			defer m.Close()
 			blocks := make([]int32, 64)

@@ -25,6 +25,8 @@ type Tensor struct {
 	// I32 holds I32 elements.
 	I32  []int32
 	view bool
+	// owner keeps the memory the elements live in (a weight's anonymous mapping) reachable.
+	owner *mapping
 }
 
 // DType implements ml.Tensor.
@@ -129,7 +131,7 @@ func (t *Tensor) rows(n int) *Tensor {
 	for _, d := range t.shape[1:] {
 		rs *= d
 	}
-	v := &Tensor{dt: t.dt, shape: append([]int{n}, t.shape[1:]...), view: true}
+	v := &Tensor{dt: t.dt, shape: append([]int{n}, t.shape[1:]...), view: true, owner: t.owner}
 	switch t.dt {
 	case ml.F32:
 		v.F32 = t.F32[:n*rs]
