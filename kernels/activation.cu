@@ -3,11 +3,13 @@
 //   qvl_swiglu  out[r, i] = silu(gu[r, i]) · gu[r, I + i],  silu(g) = g / (1 + e^-g)
 //
 // gu is the fused gate|up projection [rows, 2I]; out is [rows, I]. When out_bf16 is not null the
-// result is also written as bf16 for the down projection (issue 6 uses it; today it is null).
+// result is also written there as bf16 (the backend's bf16 copy of out, which the down
+// projection's MatMul reads instead of launching qvl_f32_to_bf16).
 //
 // Launch: grid-stride over rows·I elements, grid ≤ 8·SMs, block 256.
-// Floor: bandwidth, 12 bytes per output element (read 8, write 4): the 2B MLP at 4096 prefill
-// tokens (I = 6144) moves 302 MB, 100 µs at 3 TB/s; at decode it is one launch (~2 µs).
+// Floor: bandwidth, 12 bytes per output element (read 8, write 4; +2 with out_bf16): the 2B MLP
+// at 4096 prefill tokens (I = 6144) moves 352 MB with the copy, 117 µs at 3 TB/s (the separate
+// conversion moved 151 MB more); at decode it is one launch (~2 µs).
 #include "common.cuh"
 
 extern "C" __global__ void __launch_bounds__(256)

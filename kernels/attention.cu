@@ -5,6 +5,10 @@
 // block table (slot = table[t/bs]·bs + t%bs; element (slot, h, d) at ((slot/bs·KV + h)·bs +
 // slot%bs)·hd + d). out[row, h, :] = Σ_t softmax_t(scale·q·k_t) v_t with KV head h/(H/KV).
 //
+// Every kernel also writes out_bf16 = bf16(out) (qvl_f32_to_bf16's bits) when out_bf16 is not
+// null: the backend's bf16 copy of out, which the o-projection's MatMul reads instead of
+// launching a conversion.
+//
 // Kernels (the backend launches decode and prefill together on a mixed step; each skips the
 // sequences of the other kind):
 //
@@ -14,10 +18,14 @@
 //       its group. hd/8 lanes hold one token (16-byte loads, 8 dims per lane), 32/(hd/8) tokens
 //       per warp step; scores go to shared memory, softmax is exact within the partition, and
 //       with one partition the block writes the output directly. With several, it writes its
-//       normalised partial output and (max, sum) for
-//   qvl_attn_merge  grid (heads, sequences), block 128: out = Σ_p e^{m_p−M} l_p o_p / Σ_p e^{m_p−M} l_p
-//       (vLLM merge_attn_states). The backend picks part so that the grid has ≥ 2 blocks per
-//       SM when it can (batch 1 at context 512 splits into 8 partitions of 64).
+//       normalised partial output and (max, sum), and the last block of its (sequence, KV head)
+//       to finish merges them: out = Σ_p e^{m_p−M} l_p o_p / Σ_p e^{m_p−M} l_p (vLLM
+//       merge_attn_states, which used to be a launch of its own). "Last" is counted with an
+//       atomic per (sequence, KV head) after a __threadfence (the CUDA programming guide's
+//       threadfence reduction); the merging block reads the partials through L2 (__ldcg) and
+//       puts the counter back to 0 for the next launch. The backend picks part so that the
+//       grid has ≥ 2 blocks per SM when it can (batch 1 at context 512 splits into 8
+//       partitions of 64).
 //   qvl_attn_prefill_hd{32,64,128}  sequences with qlen ≥ 2 (FlashAttention-2 on mma.sync
 //       m16n8k16 bf16 → f32). Grid (⌈max qlen/64⌉, heads, sequences), block 128 (4 warps × 16
 //       query rows), dynamic shared memory (64 + 2·64)·(hd+8)·2 bytes (Q, K, V tiles; 52 KiB at
@@ -42,12 +50,13 @@
 __device__ __forceinline__ unsigned qvl_ld32(const qvl_bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
 
 template <int HD, int GMAX>
-__device__ __forceinline__ void attn_decode(float* __restrict__ out, const float* __restrict__ q,
-                                            const qvl_bf16* __restrict__ kc, const qvl_bf16* __restrict__ vc,
-                                            const int* __restrict__ seq_start, const int* __restrict__ ctx_len,
-                                            const int* __restrict__ tables, int max_blocks, int heads, int kv_heads,
-                                            int bs, int num_blocks, float scale, int part, int nparts,
-                                            float* __restrict__ pout, float* __restrict__ pml, unsigned* err) {
+__device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* __restrict__ out_bf16,
+                                            const float* __restrict__ q, const qvl_bf16* __restrict__ kc,
+                                            const qvl_bf16* __restrict__ vc, const int* __restrict__ seq_start,
+                                            const int* __restrict__ ctx_len, const int* __restrict__ tables,
+                                            int max_blocks, int heads, int kv_heads, int bs, int num_blocks, float scale,
+                                            int part, int nparts, float* pout, float* pml, unsigned* cnt,
+                                            unsigned* err) {
     constexpr int TPG = HD / 8;    // lanes per token
     constexpr int TPW = 32 / TPG;  // tokens per warp step
     constexpr int NW = QVL_DECODE_THREADS / 32;
@@ -56,6 +65,8 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, const float
     __shared__ float red[NW][GMAX];
     __shared__ float stat[2][GMAX];
     __shared__ __align__(16) float accs[NW][GMAX][HD];
+    __shared__ float mst[2][GMAX];
+    __shared__ int is_last;
 
     const int kvh = blockIdx.x, s = blockIdx.y, p = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
@@ -64,7 +75,8 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, const float
     const int qlen = seq_start[s + 1] - row;
     if (qlen != 1) return;
     const int ctx = ctx_len[s];
-    if (ctx < 1 || ctx > max_blocks * bs) {
+    // ctx > nparts·part: the launch's context bound (MaxCtxLen) is below this sequence's context.
+    if (ctx < 1 || ctx > max_blocks * bs || ctx > nparts * part) {
         if (tid == 0) qvl_raise(err, QVL_ERR_ATTN_SEQ);
         return;
     }
@@ -200,7 +212,10 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, const float
         const float l = stat[1][gi];
         const int h = kvh * g + gi;
         if (nparts == 1) {
-            out[((long long)row * heads + h) * HD + d] = o / l;
+            const long long oi = ((long long)row * heads + h) * HD + d;
+            const float v = o / l;
+            out[oi] = v;
+            if (out_bf16) out_bf16[oi] = qvl_f32_to_bf16(v);
         } else {
             const long long pi = ((long long)row * heads + h) * nparts + p;
             pout[pi * HD + d] = o / l;
@@ -210,18 +225,65 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, const float
             }
         }
     }
+    if (nparts == 1) return;  // block-uniform
+
+    // Split-K: the last of the np blocks of (s, kvh) to get here merges the partitions. Each
+    // thread makes its partial results visible to the whole device before thread 0 counts
+    // the block; the counter goes back to 0 for the next launch (the blocks with t0 ≥ ctx
+    // returned above and are not counted).
+    const int np = (ctx + part - 1) / part;
+    unsigned* done = cnt + (long long)s * kv_heads + kvh;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        const unsigned prev = atomicAdd(done, 1u);
+        is_last = prev == (unsigned)(np - 1);
+        if (is_last) *done = 0u;
+    }
+    __syncthreads();
+    if (!is_last) return;  // block-uniform
+    __threadfence();
+    if (tid < g) {
+        const long long base = ((long long)row * heads + kvh * g + tid) * nparts;
+        // Not unrolled: the merge runs once per (sequence, KV head) and np is small; unrolled
+        // copies of expf would only make the PTX bigger (the driver JIT-compiles it).
+        float m = -INFINITY;
+#pragma unroll 1
+        for (int pp = 0; pp < np; pp++) m = fmaxf(m, __ldcg(pml + 2 * (base + pp)));
+        float wsum = 0.f;
+#pragma unroll 1
+        for (int pp = 0; pp < np; pp++) wsum += expf(__ldcg(pml + 2 * (base + pp)) - m) * __ldcg(pml + 2 * (base + pp) + 1);
+        mst[0][tid] = m;
+        mst[1][tid] = wsum;
+    }
+    __syncthreads();
+    for (int i = tid; i < g * HD; i += QVL_DECODE_THREADS) {
+        const int gi = i / HD, d = i % HD;
+        const int h = kvh * g + gi;
+        const long long base = ((long long)row * heads + h) * nparts;
+        const float m = mst[0][gi];
+        float o = 0.f;
+#pragma unroll 1
+        for (int pp = 0; pp < np; pp++)
+            o += expf(__ldcg(pml + 2 * (base + pp)) - m) * __ldcg(pml + 2 * (base + pp) + 1) * __ldcg(pout + (base + pp) * HD + d);
+        const long long oi = ((long long)row * heads + h) * HD + d;
+        const float v = o / mst[1][gi];
+        out[oi] = v;
+        if (out_bf16) out_bf16[oi] = qvl_f32_to_bf16(v);
+    }
 }
 
 #define QVL_DECODE_ARGS                                                                                              \
-    float *__restrict__ out, const float *__restrict__ q, const qvl_bf16 *__restrict__ kc,                           \
-        const qvl_bf16 *__restrict__ vc, const int *__restrict__ seq_start, const int *__restrict__ ctx_len,        \
-        const int *__restrict__ tables, int max_blocks, int heads, int kv_heads, int bs, int num_blocks, float scale, \
-        int part, int nparts, float *__restrict__ pout, float *__restrict__ pml, unsigned *err
+    float *__restrict__ out, qvl_bf16 *__restrict__ out_bf16, const float *__restrict__ q,                           \
+        const qvl_bf16 *__restrict__ kc, const qvl_bf16 *__restrict__ vc, const int *__restrict__ seq_start,        \
+        const int *__restrict__ ctx_len, const int *__restrict__ tables, int max_blocks, int heads, int kv_heads,    \
+        int bs, int num_blocks, float scale, int part, int nparts, float *pout, float *pml, unsigned *cnt,          \
+        unsigned *err
 
 #define QVL_DECODE(HD, G)                                                                                           \
     extern "C" __global__ void __launch_bounds__(QVL_DECODE_THREADS) qvl_attn_decode_hd##HD##_g##G(QVL_DECODE_ARGS) { \
-        attn_decode<HD, G>(out, q, kc, vc, seq_start, ctx_len, tables, max_blocks, heads, kv_heads, bs, num_blocks,   \
-                           scale, part, nparts, pout, pml, err);                                                       \
+        attn_decode<HD, G>(out, out_bf16, q, kc, vc, seq_start, ctx_len, tables, max_blocks, heads, kv_heads, bs,     \
+                           num_blocks, scale, part, nparts, pout, pml, cnt, err);                                      \
     }                                                                                                               \
     QVL_REGISTER(qvl_attn_decode_hd##HD##_g##G)
 
@@ -241,32 +303,10 @@ QVL_DECODE(256, 1)
 QVL_DECODE(256, 2)
 QVL_DECODE(256, 4)
 
-extern "C" __global__ void __launch_bounds__(128)
-qvl_attn_merge(float* __restrict__ out, const float* __restrict__ pout, const float* __restrict__ pml,
-               const int* __restrict__ seq_start, const int* __restrict__ ctx_len, int heads, int hd, int part,
-               int nparts) {
-    const int h = blockIdx.x, s = blockIdx.y;
-    const int row = seq_start[s];
-    if (seq_start[s + 1] - row != 1) return;
-    const int ctx = ctx_len[s];
-    if (ctx < 1) return;
-    const int np = qvl_imin(nparts, (ctx + part - 1) / part);
-    const long long base = ((long long)row * heads + h) * nparts;
-    float m = -INFINITY;
-    for (int p = 0; p < np; p++) m = fmaxf(m, pml[2 * (base + p)]);
-    float wsum = 0.f;
-    for (int p = 0; p < np; p++) wsum += expf(pml[2 * (base + p)] - m) * pml[2 * (base + p) + 1];
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float o = 0.f;
-        for (int p = 0; p < np; p++) o += expf(pml[2 * (base + p)] - m) * pml[2 * (base + p) + 1] * pout[(base + p) * hd + d];
-        out[((long long)row * heads + h) * hd + d] = o / wsum;
-    }
-}
-QVL_REGISTER(qvl_attn_merge)
-
 template <int HD>
-__device__ __forceinline__ void attn_prefill(float* __restrict__ out, const float* __restrict__ q,
-                                             const qvl_bf16* __restrict__ kc, const qvl_bf16* __restrict__ vc,
+__device__ __forceinline__ void attn_prefill(float* __restrict__ out, qvl_bf16* __restrict__ out_bf16,
+                                             const float* __restrict__ q, const qvl_bf16* __restrict__ kc,
+                                             const qvl_bf16* __restrict__ vc,
                                              const int* __restrict__ seq_start, const int* __restrict__ ctx_len,
                                              const int* __restrict__ tables, int max_blocks, int heads, int kv_heads,
                                              int bs, int num_blocks, float scale_log2, unsigned* err) {
@@ -410,31 +450,35 @@ __device__ __forceinline__ void attn_prefill(float* __restrict__ out, const floa
     l1 += __shfl_xor_sync(QVL_FULL_MASK, l1, 1);
     l1 += __shfl_xor_sync(QVL_FULL_MASK, l1, 2);
     if (pos0 >= 0) {
-        float* dst = out + ((long long)(row0 + q0 + r0) * heads + h) * HD + 2 * t4;
+        const long long oi = ((long long)(row0 + q0 + r0) * heads + h) * HD + 2 * t4;
 #pragma unroll
         for (int nt = 0; nt < HD / 8; ++nt) {
-            dst[nt * 8] = o[nt][0] / l0;
-            dst[nt * 8 + 1] = o[nt][1] / l0;
+            const float a = o[nt][0] / l0, b = o[nt][1] / l0;
+            out[oi + nt * 8] = a;
+            out[oi + nt * 8 + 1] = b;
+            if (out_bf16) *reinterpret_cast<unsigned*>(out_bf16 + oi + nt * 8) = qvl_pack_bf16(a, b);
         }
     }
     if (pos1 >= 0) {
-        float* dst = out + ((long long)(row0 + q0 + r1) * heads + h) * HD + 2 * t4;
+        const long long oi = ((long long)(row0 + q0 + r1) * heads + h) * HD + 2 * t4;
 #pragma unroll
         for (int nt = 0; nt < HD / 8; ++nt) {
-            dst[nt * 8] = o[nt][2] / l1;
-            dst[nt * 8 + 1] = o[nt][3] / l1;
+            const float a = o[nt][2] / l1, b = o[nt][3] / l1;
+            out[oi + nt * 8] = a;
+            out[oi + nt * 8 + 1] = b;
+            if (out_bf16) *reinterpret_cast<unsigned*>(out_bf16 + oi + nt * 8) = qvl_pack_bf16(a, b);
         }
     }
 }
 
 #define QVL_PREFILL(HD)                                                                                           \
     extern "C" __global__ void __launch_bounds__(QVL_PREFILL_THREADS) qvl_attn_prefill_hd##HD(                    \
-        float* __restrict__ out, const float* __restrict__ q, const qvl_bf16* __restrict__ kc,                    \
-        const qvl_bf16* __restrict__ vc, const int* __restrict__ seq_start, const int* __restrict__ ctx_len,     \
-        const int* __restrict__ tables, int max_blocks, int heads, int kv_heads, int bs, int num_blocks,           \
-        float scale_log2, unsigned* err) {                                                                        \
-        attn_prefill<HD>(out, q, kc, vc, seq_start, ctx_len, tables, max_blocks, heads, kv_heads, bs, num_blocks, \
-                         scale_log2, err);                                                                        \
+        float* __restrict__ out, qvl_bf16* __restrict__ out_bf16, const float* __restrict__ q,                    \
+        const qvl_bf16* __restrict__ kc, const qvl_bf16* __restrict__ vc, const int* __restrict__ seq_start,     \
+        const int* __restrict__ ctx_len, const int* __restrict__ tables, int max_blocks, int heads, int kv_heads, \
+        int bs, int num_blocks, float scale_log2, unsigned* err) {                                                \
+        attn_prefill<HD>(out, out_bf16, q, kc, vc, seq_start, ctx_len, tables, max_blocks, heads, kv_heads, bs,   \
+                         num_blocks, scale_log2, err);                                                            \
     }                                                                                                             \
     QVL_REGISTER(qvl_attn_prefill_hd##HD)
 
@@ -443,8 +487,8 @@ QVL_PREFILL(64)
 QVL_PREFILL(128)
 
 extern "C" __global__ void __launch_bounds__(32)
-qvl_attn_generic(float* __restrict__ out, const float* __restrict__ q, const qvl_bf16* __restrict__ kc,
-                 const qvl_bf16* __restrict__ vc, const int* __restrict__ seq_start, const int* __restrict__ ctx_len,
+qvl_attn_generic(float* __restrict__ out, qvl_bf16* __restrict__ out_bf16, const float* __restrict__ q,
+                 const qvl_bf16* __restrict__ kc, const qvl_bf16* __restrict__ vc, const int* __restrict__ seq_start, const int* __restrict__ ctx_len,
                  const int* __restrict__ tables, int max_blocks, int num_seqs, int heads, int kv_heads, int hd, int bs,
                  int num_blocks, float scale, unsigned* err) {
     const int r = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
@@ -498,7 +542,12 @@ qvl_attn_generic(float* __restrict__ out, const float* __restrict__ q, const qvl
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         const int d = lane + 32 * i;
-        if (d < hd) out[((long long)r * heads + h) * hd + d] = acc[i] / l;
+        if (d < hd) {
+            const long long oi = ((long long)r * heads + h) * hd + d;
+            const float v = acc[i] / l;
+            out[oi] = v;
+            if (out_bf16) out_bf16[oi] = qvl_f32_to_bf16(v);
+        }
     }
 }
 QVL_REGISTER(qvl_attn_generic)

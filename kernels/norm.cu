@@ -5,13 +5,14 @@
 //
 // w is bf16 or f32 (w_bf16). The sum of squares accumulates in f32 per thread and per block;
 // 1/sqrt is taken in f64 once per row. When out_bf16 is not null the normalised row is also
-// written there as bf16, so that the MatMul that consumes it can skip its conversion kernel
-// (issue 6 fuses it; today it is null).
+// written there as bf16 (the backend's bf16 copy of out: the MatMul that consumes out reads it
+// instead of launching qvl_f32_to_bf16; the bits are qvl_f32_to_bf16's).
 //
 // Launch: grid (rows), block 256 (one block per row; H = 2048 is 8 elements per thread).
 // Floor: bandwidth. rmsnorm reads 4H and writes 4H bytes per row (+2H with out_bf16);
-// add_rmsnorm reads 8H and writes 8H. At decode (a few rows) the launch, not the bytes, is the
-// cost (~2-3 µs); at 4096 prefill rows of H = 2048, add_rmsnorm moves 134 MB: 45 µs at 3 TB/s.
+// add_rmsnorm reads 8H and writes 8H (+2H). At decode (a few rows) the launch, not the bytes,
+// is the cost (~2 µs); at 4096 prefill rows of H = 2048, add_rmsnorm moves 151 MB with the bf16
+// copy: 50 µs at 3 TB/s (the conversion it replaces moved 50 MB more in a launch of its own).
 #include "common.cuh"
 
 template <bool ADD>

@@ -4,27 +4,34 @@
 //   qvl_scatter_add_rows  x[idx[r], :] += rows[r, :]                  (ScatterAdd: DeepStack)
 //   qvl_f32_to_bf16       y[i] = bf16(x[i]), round to nearest even    (MatMul's bf16 operand)
 //
+// qvl_gather_rows also writes out_bf16[r, :] = bf16(out[r, :]) when out_bf16 is not null: the
+// backend's bf16 copy of out, which the LM head's MatMul reads instead of converting. The
+// conversion kernel is left for MatMul operands that no producer wrote a copy of.
+//
 // Launch: gather/scatter: grid (R), block 256, one block per row. f32_to_bf16: grid-stride,
 // grid ≤ 8·SMs, block 256, 4 elements per thread per step when 16-byte aligned.
-// Floor: bandwidth. Gather/scatter move R·H·4 bytes each way (scatter reads and writes x);
-// the conversion reads 4 and writes 2 bytes per element: a 2048×6144 activation (the 2B MLP
-// input at 2048 tokens) is 75 MB, 25 µs at 3 TB/s. Duplicate indices in ScatterAdd are summed
-// with atomics (order unspecified); Gather has no such hazard.
+// Floor: bandwidth. Gather/scatter move R·H·4 bytes each way (scatter reads and writes x;
+// gather writes R·H·2 more for the copy); the conversion reads 4 and writes 2 bytes per
+// element: a 2048×6144 activation (the 2B MLP input at 2048 tokens) is 75 MB, 25 µs at
+// 3 TB/s. Duplicate indices in ScatterAdd are summed with atomics (order unspecified); Gather
+// has no such hazard.
 #include "common.cuh"
 
 extern "C" __global__ void __launch_bounds__(256)
 qvl_gather_rows(float* __restrict__ out, const float* __restrict__ x, const int* __restrict__ idx, int H, int xrows,
-                unsigned* err) {
+                unsigned* err, qvl_bf16* __restrict__ out_bf16) {
     const int r = blockIdx.x;
     const int src = idx[r];
     float* d = out + (long long)r * H;
-    if (src < 0 || src >= xrows) {
-        if (threadIdx.x == 0) qvl_raise(err, QVL_ERR_ROW_IDX);
-        for (int i = threadIdx.x; i < H; i += blockDim.x) d[i] = NAN;
-        return;
+    qvl_bf16* db = out_bf16 ? out_bf16 + (long long)r * H : nullptr;
+    const bool ok = src >= 0 && src < xrows;
+    if (!ok && threadIdx.x == 0) qvl_raise(err, QVL_ERR_ROW_IDX);
+    const float* s = x + (long long)(ok ? src : 0) * H;
+    for (int i = threadIdx.x; i < H; i += blockDim.x) {
+        const float v = ok ? s[i] : NAN;
+        d[i] = v;
+        if (db) db[i] = qvl_f32_to_bf16(v);
     }
-    const float* s = x + (long long)src * H;
-    for (int i = threadIdx.x; i < H; i += blockDim.x) d[i] = s[i];
 }
 QVL_REGISTER(qvl_gather_rows)
 

@@ -10,8 +10,13 @@
 #
 # Steps: the bindings' GPU tests; the op harness (every op against the CPU reference); the
 # goldens through the engine (`qvl verify --backend cuda`, with CUDA graphs, without, and with
-# chunked prefill); a synthetic 2B checkpoint (`qvl synth`); 8 mixed requests teacher-forced
-# for 32 steps on the 2B against the CPU backend; and the benchmark of issue 6's workloads.
+# chunked prefill); a synthetic 2B checkpoint (`qvl synth`); the benchmark of issue 6's
+# workloads, each beside its floor (decode TPOT at batch 1 and throughput at batch 64, context
+# 512, with graphs and without; prefill 8 × 512; sampling and top-k over 64 × 151936; the fused
+# embedding-projection against its cuBLAS GEMMs; plus the kernels of a batch-1 decode step and
+# the GEMV efficiency of each 2B GEMM shape, to check kernels/README.md's napkin math); and 8
+# mixed requests teacher-forced for 32 steps on the 2B against the CPU backend (last: its CPU
+# reference is the slowest step, and the deadline should cut that rather than the benchmark).
 # Each step has a time limit and the whole run a deadline ($QVL_GPU_CHECK_BUDGET seconds,
 # default 470, so that it ends within 8 minutes); a step that fails or times out does not stop
 # the others. Full logs go to OUTDIR; a short table is printed last. Exit status 1 if any step
@@ -114,7 +119,7 @@ have() {
 have cudab.test bindings-cuda && step bindings-cuda 90 "$root/bindings/cuda" "$bin/cudab.test" -test.v -test.timeout 80s
 have cublasb.test bindings-cublas && step bindings-cublas 90 "$root/bindings/cublas" "$bin/cublasb.test" -test.v -test.timeout 80s
 have cuda.test ops && step ops 150 "$root/runtime/cuda" "$bin/cuda.test" -test.v -test.timeout 140s \
-	-test.run 'TestKernelTable|TestOp|TestTopK|TestSample|TestVerifyGoldens|TestGraphDecodeMatchesEager'
+	-test.run 'TestKernelTable|TestOp|TestBF16Copy|TestTopK|TestSample|TestVerifyGoldens|TestGraphDecodeMatchesEager'
 golden=$root/testdata/goldens/qwen3vl-tiny-a
 if have qvl verify; then
 	step verify 60 "$root" "$bin/qvl" verify --backend cuda --goldens "$golden"
@@ -128,11 +133,11 @@ if have qvl verify; then
 		step synth 150 "$root" "$bin/qvl" synth --shape qwen3-vl-2b --out "$synthdir"
 	fi
 fi
-if have cuda.test e2e-2b; then
-	step e2e-2b 200 "$root/runtime/cuda" env QVL_SYNTH_2B="$synthdir" "$bin/cuda.test" -test.v -test.timeout 190s \
-		-test.run 'TestGPUSynth2BMixedRequests'
+if have cuda.test bench; then
 	step bench 200 "$root/runtime/cuda" env QVL_BENCH=1 QVL_BENCH_OUT="$out/bench.json" QVL_SYNTH_2B="$synthdir" \
 		"$bin/cuda.test" -test.v -test.timeout 190s -test.run 'TestGPUBenchmark'
+	step e2e-2b 200 "$root/runtime/cuda" env QVL_SYNTH_2B="$synthdir" "$bin/cuda.test" -test.v -test.timeout 190s \
+		-test.run 'TestGPUSynth2BMixedRequests'
 fi
 
 echo
@@ -145,5 +150,9 @@ done
 if [[ -f $out/bench.log ]] && grep -q '^BENCH |' "$out/bench.log"; then
 	echo
 	grep '^BENCH |' "$out/bench.log" | sed 's/^BENCH | //'
+fi
+if [[ -f $out/bench.log ]] && grep -q '^BENCH-PROFILE |' "$out/bench.log"; then
+	echo
+	grep '^BENCH-PROFILE |' "$out/bench.log" | sed 's/^BENCH-PROFILE | //'
 fi
 exit $failed

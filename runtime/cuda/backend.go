@@ -5,11 +5,14 @@
 //
 // Layout on the device: activations are f32 tensors; weights stay as given (bf16 as published,
 // f32 norms and biases); the KV cache is bf16 in ml.KVLayout's paged layout (KVDType). MatMul
-// rounds x to bf16 with a small kernel and calls cuBLASLt bf16×bf16 → f32 (f32 weights use an
-// f32 GEMM). All work runs in order on one stream of one device; Sync waits for it, Read copies
-// after it. Every op validates its operands on the host (package ml's checks) before it queues
-// anything; index tensors live on the device, so the kernels check indices themselves and raise
-// flags that the next Sync or Read reports as an error wrapping ErrDeviceCheck.
+// multiplies x rounded to bf16 by a bf16 weight with cuBLASLt (bf16×bf16 → f32; f32 weights use
+// an f32 GEMM). The ops that produce GEMM inputs (RMSNorm, AddRMSNorm, SwiGLU, Attention,
+// Gather) also write a bf16 copy of their output, and MatMul reads that copy when it is
+// current instead of launching a conversion kernel (see copies.go). All work runs in order on
+// one stream of one device; Sync waits for it, Read copies after it. Every op validates its
+// operands on the host (package ml's checks) before it queues anything; index tensors live on
+// the device, so the kernels check indices themselves and raise flags that the next Sync or
+// Read reports as an error wrapping ErrDeviceCheck.
 //
 // Without a usable GPU, Available and Open return an error that says why (no driver, no
 // device), and callers fall back to the CPU backend.
@@ -50,9 +53,14 @@ type Tensor struct {
 	ptr   uintptr
 	view  bool
 	owner *Backend
+	// root is the allocation a view (Rows) looks into; nil for an allocation itself.
+	root *Tensor
 	// shadow is a bf16 copy of an f32 weight for kernels that read bf16 operands, made on
 	// first use and dropped when the tensor is written or freed.
 	shadow *Tensor
+	// act is the bf16 copy of an f32 activation that producer ops write beside it (on the
+	// allocation, not on views; see copies.go).
+	act *bf16Copy
 }
 
 // DType implements ml.Tensor.
@@ -88,9 +96,12 @@ type Backend struct {
 	// graphs are the executable graphs by Capture key; capturing is set while one is recorded.
 	graphs    graphs
 	capturing bool
+	// copyGen is the generation of the activations' bf16 copies: a copy is current only if it
+	// was written in this generation (see copies.go).
+	copyGen uint64
 
-	xbf, embedInts, embedMid, part, partML    scratch
-	topkK, topkIDs, topkVals, params, sampled scratch
+	xbf, embedInts, embedMid, part, partML, partDone scratch
+	topkK, topkIDs, topkVals, params, sampled        scratch
 }
 
 // Open opens GPU o.Device with its own stream, cuBLASLt handle and the embedded kernels.
@@ -246,12 +257,16 @@ func (b *Backend) Free(t ml.Tensor) {
 		if c.shadow != nil && c.shadow.ptr != 0 {
 			_ = b.dev.free(c.shadow.ptr)
 		}
+		if c.act != nil {
+			_ = b.dev.free(c.act.ptr)
+		}
 		if c.ptr != 0 {
 			return b.dev.free(c.ptr)
 		}
 		return nil
 	})
 	c.shadow = nil
+	c.act = nil
 	c.ptr = 0
 }
 
@@ -265,7 +280,7 @@ func (b *Backend) Rows(t ml.Tensor, n int) ml.Tensor {
 		return c
 	}
 	n = max(0, min(n, c.shape[0]))
-	v := &Tensor{dt: c.dt, shape: append([]int{n}, c.shape[1:]...), ptr: c.ptr, view: true, owner: b}
+	v := &Tensor{dt: c.dt, shape: append([]int{n}, c.shape[1:]...), ptr: c.ptr, view: true, owner: b, root: c.base()}
 	if n == 0 {
 		v.ptr = 0
 	}
@@ -333,6 +348,7 @@ func (b *Backend) Write(t ml.Tensor, src any) error {
 	if len(data) == 0 {
 		return nil
 	}
+	b.stale(c)
 	shadow := c.shadow
 	c.shadow = nil
 	return b.dev.do(func() error {
@@ -426,8 +442,8 @@ func (b *Backend) Close() error {
 		var errs []error
 		errs = append(errs, b.dev.sync())
 		b.dropGraphs()
-		for _, s := range []*scratch{&b.xbf, &b.embedInts, &b.embedMid, &b.part, &b.partML, &b.topkK, &b.topkIDs,
-			&b.topkVals, &b.params, &b.sampled} {
+		for _, s := range []*scratch{&b.xbf, &b.embedInts, &b.embedMid, &b.part, &b.partML, &b.partDone, &b.topkK,
+			&b.topkIDs, &b.topkVals, &b.params, &b.sampled} {
 			if s.p != 0 {
 				errs = append(errs, b.dev.free(s.p))
 			}
@@ -469,6 +485,18 @@ func (b *Backend) ensure(s *scratch, bytes int) error {
 	}
 	*s = scratch{p: p, n: n}
 	return nil
+}
+
+// ensureZeroed is ensure for a buffer that must hold zeros between launches (the kernels that
+// use it leave it so): a new buffer is cleared in stream order. Run inside do.
+func (b *Backend) ensureZeroed(s *scratch, bytes int) error {
+	if bytes <= s.n {
+		return nil
+	}
+	if err := b.ensure(s, bytes); err != nil {
+		return err
+	}
+	return b.dev.memset32(s.p, 0, s.n/4)
 }
 
 // launch queues kernel k with the arguments packed in b.a. Run inside do.

@@ -195,14 +195,15 @@ func TestProfilerNamesKernels(t *testing.T) {
 	h := e.out(ml.F32, 4, 16)
 	b.SetProfiling(true)
 	require.NoError(t, b.RMSNorm(h, x, n, 1e-6))
-	require.NoError(t, b.MatMul(out, h, w))
-	require.NoError(t, b.MatMul(out, h, w))
+	require.NoError(t, b.MatMul(out, h, w)) // reads the bf16 copy RMSNorm wrote
+	require.NoError(t, b.MatMul(out, x, w)) // x was uploaded: converted first
+	require.NoError(t, b.MatMul(out, x, w))
 	p := b.Profile()
 	names := map[string]int64{}
 	for _, o := range p {
 		names[o.Name] = o.Calls
 	}
-	assert.Equal(t, map[string]int64{"qvl_rmsnorm": 1, "qvl_f32_to_bf16": 2, "cublasLt gemm bf16": 2}, names)
+	assert.Equal(t, map[string]int64{"qvl_rmsnorm": 1, "qvl_f32_to_bf16": 2, "cublasLt gemm bf16": 3}, names)
 	b.ResetProfile()
 	assert.Empty(t, b.Profile())
 	b.SetProfiling(false)

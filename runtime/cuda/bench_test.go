@@ -105,7 +105,11 @@ var issue6 = benchSizes{seqs: 64, ctx: 512, bs: 16, prefillSeqs: 8, decodeSteps:
 // TestGPUBenchmark measures, on the synthetic 2B (bf16) on this GPU: decode TPOT at batch 1 and
 // throughput at batch 64 (context 512, device sampling, with and without CUDA graphs), prefill
 // of 8 × 512 tokens, batched sampling and top-k over 64 × 151936 logits, and the fused
-// embedding-projection of 256 custom embeddings against cuBLAS running its two GEMMs.
+// embedding-projection of 256 custom embeddings against cuBLAS running its two GEMMs. To check
+// kernels/README.md's napkin math of the batch-1 step, it also prints the kernels of an eager
+// batch-1 decode step with their GPU times (BENCH-PROFILE lines), how much of the graph TPOT
+// they leave to launch gaps and the host, and the GPU time of each 2B GEMM shape at 1 and 64
+// rows against its bytes at 3.0 TB/s.
 func TestGPUBenchmark(t *testing.T) {
 	if os.Getenv("QVL_BENCH") == "" {
 		t.Skip("set QVL_BENCH=1 to run the GPU benchmark")
@@ -126,6 +130,9 @@ func TestBenchmarkCodeSim(t *testing.T) {
 		vocab: 3001, projNe: 3, projD: 48, projHid: 96, projK: 2, reps: 2})
 }
 
+// profSteps is the number of profiled batch-1 decode steps (eager) for the kernel breakdown.
+const profSteps = 4
+
 // runBenchmark measures the workloads of sz on b with the checkpoint in dir (of shape shape).
 func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz benchSizes) {
 	rep := &benchReport{t: t, dev: b.Name()}
@@ -136,6 +143,9 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 	fmt.Printf("BENCH | %-44s | %20s | %-22s | %s\n", "workload", "measured", "target (issue 6)", "floor / anchor (H100)")
 
 	seqs, ctx, bs, decodeSteps := sz.seqs, sz.ctx, sz.bs, sz.decodeSteps
+	// Batch 1: wall time per step with graphs and without; GPU kernel time per eager step.
+	var graphTPOT, eagerTPOT, kernelTPOT time.Duration
+	var stepLaunches float64
 	for _, graphs := range []bool{true, false} {
 		var be ml.Backend = b
 		label := "graphs"
@@ -144,7 +154,7 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 		}
 		m, err := model.Open(be, dir, model.Options{})
 		require.NoError(t, err)
-		perSeq := (ctx + 2*decodeSteps + 8 + bs - 1) / bs
+		perSeq := (ctx + 2*decodeSteps + 8 + profSteps + bs - 1) / bs
 		require.NoError(t, m.InitCache(seqs*perSeq, bs))
 		r := rand.New(rand.NewPCG(9, 9))
 		all := make([]*seqState, seqs)
@@ -168,9 +178,17 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 		}
 		if graphs {
 			tps := float64(ps*ctx*(seqs/ps-1)) / prefill.Seconds()
-			flops := 2 * float64(shape.Params()) * float64(ps*ctx)
+			tokens := float64(ps * ctx)
+			// Issue 6 counts every weight for every token; what runs is the layers' GEMMs for
+			// every token, the LM head for the logit rows and causal attention.
+			flops := 2 * float64(shape.Params()) * tokens
+			hd, h := shape.HeadDim, shape.Hidden
+			layer := float64((shape.Heads+2*shape.KVHeads)*hd*h + h*shape.Heads*hd + 3*h*shape.Inter)
+			runs := 2*tokens*layer*float64(shape.Layers) + 2*float64(ps*synth.Vocab*h) +
+				4*float64(hd*shape.Heads*shape.Layers*ps)*float64(ctx)*float64(ctx+1)/2
 			rep.add(fmt.Sprintf("prefill %d × %d tokens", ps, ctx), tps, "tok/s", "≥ 130,000 tok/s",
-				fmt.Sprintf("%.0f tok/s at GEMM peak (weights only); HF eager 100,000", float64(ps*ctx)/(flops/h100BF16FlopsPerSec)))
+				fmt.Sprintf("%.0f tok/s at GEMM peak, all weights per token (%.0f counting what runs); HF eager 100,000",
+					tokens/(flops/h100BF16FlopsPerSec), tokens/(runs/h100BF16FlopsPerSec)))
 		}
 		greedy := func(n int) []ml.SampleParams { return make([]ml.SampleParams, n) }
 		// Decode batch 1 on sequence 0, then all sequences; warm-up steps capture the graphs.
@@ -185,6 +203,13 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 				require.NoError(t, err)
 			}
 			el := time.Since(start)
+			if batch == 1 && graphs {
+				graphTPOT = el / time.Duration(decodeSteps)
+			}
+			if batch == 1 && !graphs {
+				eagerTPOT = el / time.Duration(decodeSteps)
+				kernelTPOT, stepLaunches = profileDecode(t, b, m, r, all[:1], bs)
+			}
 			if batch == 1 {
 				rep.add(fmt.Sprintf("decode batch 1, context %d (%s)", ctx, label), el.Seconds()*1e3/float64(decodeSteps), "ms/tok", "TPOT ≤ 1.5 ms",
 					fmt.Sprintf("%.2f ms (%.2f GB of weights at 3.0 TB/s); HF eager 71 ms", floorMs, weightBytes/1e9))
@@ -201,6 +226,17 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 		}
 		require.NoError(t, m.Close())
 	}
+	if stepLaunches > 0 {
+		saved := eagerTPOT - graphTPOT
+		rep.add("decode batch 1: eager − graphs TPOT (launch overhead)", float64(saved.Nanoseconds())/1e6, "ms/tok", "",
+			fmt.Sprintf("%.1f µs per launch over %.0f launches", float64(saved.Nanoseconds())/1e3/stepLaunches, stepLaunches))
+		rep.add("decode batch 1: GPU time of its kernels (eager)", float64(kernelTPOT.Nanoseconds())/1e6, "ms/tok", "",
+			fmt.Sprintf("%.0f launches per step; %.2f ms of weights at 3.0 TB/s", stepLaunches, floorMs))
+		gap := graphTPOT - kernelTPOT
+		rep.add("  graph TPOT − kernel time, per launch", float64(gap.Nanoseconds())/1e3/stepLaunches, "µs", "",
+			fmt.Sprintf("%.3f ms left to launch gaps and the host (napkin: 1.5–2.5 µs a launch)", float64(gap.Nanoseconds())/1e6))
+	}
+	gemmShapes(t, b, rep, shape, sz.vocab, sz.reps)
 
 	// Sampling and top-k over 64 × 151936 logits.
 	{
@@ -295,4 +331,70 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 		fmt.Fprintf(&b2, "%s: %.3f %s; ", r.Workload, r.Value, r.Unit)
 	}
 	t.Log(b2.String())
+}
+
+// profileDecode runs profSteps batch-1 decode steps of m (eager) with the profiler on, prints
+// each kernel's launches and GPU time per step, and returns the GPU time and launches per step.
+func profileDecode(t *testing.T, b *Backend, m *model.Model, r *rand.Rand, seqs []*seqState, bs int) (time.Duration, float64) {
+	b.ResetProfile()
+	b.SetProfiling(true)
+	for s := 0; s < profSteps; s++ {
+		_, err := m.ForwardSample(textBatch(r, seqs, 1, bs), make([]ml.SampleParams, len(seqs)))
+		require.NoError(t, err)
+	}
+	prof := b.Profile()
+	b.SetProfiling(false)
+	var total time.Duration
+	var calls int64
+	fmt.Printf("BENCH-PROFILE | batch-1 decode step, eager, per step: %-26s | %9s | %9s\n", "kernel", "launches", "GPU µs")
+	for _, o := range prof {
+		total += o.Total
+		calls += o.Calls
+		fmt.Printf("BENCH-PROFILE | %-62s | %9.1f | %9.1f\n", o.Name, float64(o.Calls)/profSteps, float64(o.Total.Nanoseconds())/1e3/profSteps)
+	}
+	fmt.Printf("BENCH-PROFILE | %-62s | %9.1f | %9.1f\n", "total", float64(calls)/profSteps, float64(total.Nanoseconds())/1e3/profSteps)
+	return total / profSteps, float64(calls) / profSteps
+}
+
+// gemmShapes times the GEMMs of one decoder layer and the LM head (vocab rows) of shape at 1
+// and 64 rows (bf16 weights, x already bf16 as in a decode step), reps times each, against
+// their weight bytes at 3.0 TB/s: the GEMV efficiency that kernels/README.md's napkin math
+// assumes.
+func gemmShapes(t *testing.T, b *Backend, rep *benchReport, shape synth.Shape, vocab, reps int) {
+	h, hd := shape.Hidden, shape.HeadDim
+	e := newEnv(t, b)
+	for _, g := range []struct {
+		name string
+		m, k int
+	}{
+		{"qkv", (shape.Heads + 2*shape.KVHeads) * hd, h},
+		{"o", h, shape.Heads * hd},
+		{"gate-up", 2 * shape.Inter, h},
+		{"down", h, shape.Inter},
+		{"lm head", vocab, h},
+	} {
+		w, err := b.Weight(ml.BF16, []int{g.m, g.k}, make([]byte, 2*g.m*g.k)) // values do not change a GEMM's time
+		require.NoError(t, err)
+		for _, n := range []int{1, 64} {
+			x := e.in(ml.F32, make([]float32, n*g.k), n, g.k)
+			y := e.out(ml.F32, n, g.m)
+			// A producer's bf16 copy of x, as in a decode step: time the GEMM alone.
+			nw := e.weight(ml.F32, make([]float32, g.k), g.k)
+			require.NoError(t, b.RMSNorm(x, x, nw, 1e-6))
+			require.NoError(t, b.MatMul(y, x, w)) // warm-up: cuBLASLt's plan
+			b.ResetProfile()
+			b.SetProfiling(true)
+			for i := 0; i < reps; i++ {
+				require.NoError(t, b.MatMul(y, x, w))
+			}
+			prof := b.Profile()
+			b.SetProfiling(false)
+			gt := kernelTime(prof, "cublasLt gemm bf16")
+			require.Positive(t, gt, "the GEMM of %s was profiled (a conversion would show as qvl_f32_to_bf16)", g.name)
+			floor := float64(2*g.m*g.k) / h100CopyBytesPerSec
+			rep.add(fmt.Sprintf("  gemm %s, %d × %d → %d", g.name, n, g.k, g.m), float64(gt.Nanoseconds())/1e3, "µs", "",
+				fmt.Sprintf("%.1f µs for %.1f MB of weights: %.0f%% of 3.0 TB/s", floor*1e6, float64(2*g.m*g.k)/1e6, 100*floor/gt.Seconds()))
+		}
+		b.Free(w)
+	}
 }

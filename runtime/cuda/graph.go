@@ -12,10 +12,14 @@ import (
 // graph launch. A CUDA graph keeps the arguments of its kernels, so everything a recorded op
 // points to must stay where it is: the model's step buffers (the model drops the graphs when
 // they move) and this backend's own scratch buffers (the backend drops every graph when one of
-// them grows, and when any tensor is freed, whoever reallocated it). Capture first runs fn once on the stream — a warm-up that sizes the scratch
-// buffers, uploads rotary tables and lets cuBLASLt pick its plans, none of which may happen
-// while capturing — and then records it. A decode step is a pure function of its inputs and
-// writes the same keys and values again, so the extra run changes nothing.
+// them grows, and when any tensor is freed, whoever reallocated it). Capture first runs fn once
+// on the stream — a warm-up that sizes the scratch buffers, allocates the bf16 copies, uploads
+// rotary tables and lets cuBLASLt pick its plans, none of which may happen while capturing —
+// and then records it. A decode step is a pure function of its inputs and
+// writes the same keys and values again, so the extra run changes nothing. The bf16 copies of
+// activations (copies.go) start a new generation before the warm-up, before the recording and
+// after it, and after every replay, so a recorded MatMul reads only copies that the same graph
+// wrote before it.
 
 // graphs maps Capture keys to executable graphs.
 type graphs map[uint64]uintptr
@@ -28,6 +32,7 @@ func (b *Backend) Capture(key uint64, fn func() error) error {
 	if fn == nil {
 		return errors.New("cuda: Capture of a nil function")
 	}
+	b.staleAll()
 	if err := fn(); err != nil {
 		return fmt.Errorf("cuda: graph %#x warm-up: %w", key, err)
 	}
@@ -45,9 +50,11 @@ func (b *Backend) Capture(key uint64, fn func() error) error {
 	}); err != nil {
 		return fmt.Errorf("cuda: graph %#x: %w", key, err)
 	}
+	b.staleAll()
 	b.capturing = true
 	ferr := fn()
 	b.capturing = false
+	b.staleAll()
 	var g uintptr
 	err := b.dev.do(func() error {
 		var err error
@@ -79,6 +86,8 @@ func (b *Backend) Replay(key uint64) error {
 	if !ok {
 		return fmt.Errorf("cuda: no graph was captured under %#x", key)
 	}
+	// What the graph wrote is not tracked: no copy is trusted after it.
+	b.staleAll()
 	return b.dev.do(func() error { return b.dev.launchGraph(g) })
 }
 

@@ -25,7 +25,6 @@ const (
 	kAddRMSNorm
 	kSwiGLU
 	kQKV
-	kAttnMerge
 	kAttnGeneric
 	kEmbed
 	kTopK
@@ -44,8 +43,8 @@ var (
 )
 
 const (
-	sigDecode  = "pppppppiiiiifiippp"
-	sigPrefill = "pppppppiiiiifp"
+	sigDecode  = "ppppppppiiiiifiipppp"
+	sigPrefill = "ppppppppiiiiifp"
 )
 
 // prefillSmem is the dynamic shared memory of qvl_attn_prefill_hd*: Q, K and V tiles of 64
@@ -55,15 +54,14 @@ func prefillSmem(hd int) int { return (64 + 2*64) * (hd + 8) * 2 }
 // kernelTable lists every kernel the backend launches, indexed by kernelID.
 var kernelTable = func() []kernelSpec {
 	t := []kernelSpec{
-		kGather:      {name: "qvl_gather_rows", sig: "pppiip"},
+		kGather:      {name: "qvl_gather_rows", sig: "pppiipp"},
 		kScatterAdd:  {name: "qvl_scatter_add_rows", sig: "pppiip"},
 		kF32ToBF16:   {name: "qvl_f32_to_bf16", sig: "ppl"},
 		kRMSNorm:     {name: "qvl_rmsnorm", sig: "pppiifp"},
 		kAddRMSNorm:  {name: "qvl_add_rmsnorm", sig: "ppppiifp"},
 		kSwiGLU:      {name: "qvl_swiglu", sig: "ppiip"},
 		kQKV:         {name: "qvl_qkv", sig: "ppppippppppiiiiifp"},
-		kAttnMerge:   {name: "qvl_attn_merge", sig: "pppppiiii"},
-		kAttnGeneric: {name: "qvl_attn_generic", sig: "pppppppiiiiiiifp"},
+		kAttnGeneric: {name: "qvl_attn_generic", sig: "ppppppppiiiiiiifp"},
 		kEmbed:       {name: "qvl_embed", sig: "piippippipppiiiiippppipppp"},
 		kTopK:        {name: "qvl_topk", sig: "pipippp"},
 		kSample:      {name: "qvl_sample", sig: "pippp"},

@@ -69,6 +69,7 @@ func (b *Backend) EmbedProject(out ml.Tensor, a ml.EmbedArgs) error {
 		grid = b.info.persistent
 	}
 	return b.dev.do(func() error {
+		b.stale(out)
 		var fc1, fc2, b1, b2 uintptr
 		if nc > 0 {
 			var err error
@@ -104,8 +105,9 @@ func (b *Backend) EmbedProject(out ml.Tensor, a ml.EmbedArgs) error {
 	})
 }
 
-// MatMul implements ml.Backend: x is rounded to bf16 (qvl_f32_to_bf16) and multiplied by a
-// bf16 w with cuBLASLt (f32 accumulation); an f32 w takes an f32 GEMM on x as it is.
+// MatMul implements ml.Backend: x rounded to bf16 is multiplied by a bf16 w with cuBLASLt (f32
+// accumulation); an f32 w takes an f32 GEMM on x as it is. The bf16 x is the copy its producer
+// wrote (copies.go) when that is current, else qvl_f32_to_bf16 makes it in a scratch buffer.
 func (b *Backend) MatMul(out, x, w ml.Tensor) error {
 	if err := ml.CheckMatMul(out, x, w); err != nil {
 		return err
@@ -118,11 +120,17 @@ func (b *Backend) MatMul(out, x, w ml.Tensor) error {
 		return nil
 	}
 	return b.dev.do(func() error {
+		// x's copy is looked up before out's goes stale (the GEMM writes out after reading x).
+		xc, ok := b.currentCopy(x)
+		b.stale(out)
 		if k == 0 {
 			return b.dev.memset32(ptr(out), 0, n*m)
 		}
 		if !isBF16(w) {
 			return b.linear(n, m, k, false, ptr(x), ptr(w), ptr(out))
+		}
+		if ok {
+			return b.linear(n, m, k, true, xc, ptr(w), ptr(out))
 		}
 		if err := b.ensure(&b.xbf, 2*n*k); err != nil {
 			return err
@@ -147,8 +155,16 @@ func (b *Backend) RMSNorm(out, x, w ml.Tensor, eps float32) error {
 		return nil
 	}
 	return b.dev.do(func() error {
-		b.a.reset().ptr(ptr(out)).ptr(ptr(x)).ptr(ptr(w)).flag(isBF16(w)).i32(h).f32(eps).ptr(0)
-		return b.launch(kRMSNorm, d1(rows), d1(normThreads), 0)
+		obf, err := b.copyFor(out)
+		if err != nil {
+			return err
+		}
+		b.a.reset().ptr(ptr(out)).ptr(ptr(x)).ptr(ptr(w)).flag(isBF16(w)).i32(h).f32(eps).ptr(obf)
+		if err := b.launch(kRMSNorm, d1(rows), d1(normThreads), 0); err != nil {
+			return err
+		}
+		b.produced(out, obf)
+		return nil
 	})
 }
 
@@ -165,8 +181,19 @@ func (b *Backend) AddRMSNorm(out, x, delta, w ml.Tensor, eps float32) error {
 		return nil
 	}
 	return b.dev.do(func() error {
-		b.a.reset().ptr(ptr(out)).ptr(ptr(x)).ptr(ptr(delta)).ptr(ptr(w)).flag(isBF16(w)).i32(h).f32(eps).ptr(0)
-		return b.launch(kAddRMSNorm, d1(rows), d1(normThreads), 0)
+		// x is written in place (the residual sum) before out: if they share memory, out's
+		// normalised values, and their copy, are what stays.
+		b.stale(x)
+		obf, err := b.copyFor(out)
+		if err != nil {
+			return err
+		}
+		b.a.reset().ptr(ptr(out)).ptr(ptr(x)).ptr(ptr(delta)).ptr(ptr(w)).flag(isBF16(w)).i32(h).f32(eps).ptr(obf)
+		if err := b.launch(kAddRMSNorm, d1(rows), d1(normThreads), 0); err != nil {
+			return err
+		}
+		b.produced(out, obf)
+		return nil
 	})
 }
 
@@ -183,8 +210,16 @@ func (b *Backend) SwiGLU(out, gu ml.Tensor) error {
 		return nil
 	}
 	return b.dev.do(func() error {
-		b.a.reset().ptr(ptr(out)).ptr(ptr(gu)).i32(rows).i32(inter).ptr(0)
-		return b.launch(kSwiGLU, d1(b.elementwiseGrid(rows*inter)), d1(rowThreads), 0)
+		obf, err := b.copyFor(out)
+		if err != nil {
+			return err
+		}
+		b.a.reset().ptr(ptr(out)).ptr(ptr(gu)).i32(rows).i32(inter).ptr(obf)
+		if err := b.launch(kSwiGLU, d1(b.elementwiseGrid(rows*inter)), d1(rowThreads), 0); err != nil {
+			return err
+		}
+		b.produced(out, obf)
+		return nil
 	})
 }
 
@@ -201,6 +236,7 @@ func (b *Backend) ScatterAdd(x, rows, idx ml.Tensor) error {
 		return nil
 	}
 	return b.dev.do(func() error {
+		b.stale(x)
 		b.a.reset().ptr(ptr(x)).ptr(ptr(rows)).ptr(ptr(idx)).i32(h).i32(x.Shape()[0]).ptr(b.dev.errFlags())
 		return b.launch(kScatterAdd, d1(r), d1(rowThreads), 0)
 	})
@@ -219,8 +255,16 @@ func (b *Backend) Gather(out, x, idx ml.Tensor) error {
 		return nil
 	}
 	return b.dev.do(func() error {
-		b.a.reset().ptr(ptr(out)).ptr(ptr(x)).ptr(ptr(idx)).i32(h).i32(x.Shape()[0]).ptr(b.dev.errFlags())
-		return b.launch(kGather, d1(r), d1(rowThreads), 0)
+		obf, err := b.copyFor(out)
+		if err != nil {
+			return err
+		}
+		b.a.reset().ptr(ptr(out)).ptr(ptr(x)).ptr(ptr(idx)).i32(h).i32(x.Shape()[0]).ptr(b.dev.errFlags()).ptr(obf)
+		if err := b.launch(kGather, d1(r), d1(rowThreads), 0); err != nil {
+			return err
+		}
+		b.produced(out, obf)
+		return nil
 	})
 }
 
@@ -249,6 +293,7 @@ func (b *Backend) QKV(qkv ml.Tensor, a ml.QKVArgs) error {
 	}
 	hd, l := a.HeadDim, a.Layout
 	return b.dev.do(func() error {
+		b.stale(a.Q)
 		tab, err := b.ropeTable(a.Rope, hd)
 		if err != nil {
 			return err
@@ -273,10 +318,10 @@ func decodePartition(kvHeads, seqs, ctx, sms int) (part, nparts int) {
 	return part, max(1, (ctx+part-1)/part)
 }
 
-// Attention implements ml.Backend: qvl_attn_decode_* for sequences with one query row
-// (split-K with qvl_attn_merge when the context spans several partitions) and
-// qvl_attn_prefill_* (tensor cores) for the others; qvl_attn_generic for shapes the templates
-// do not cover.
+// Attention implements ml.Backend: qvl_attn_decode_* for sequences with one query row (split-K
+// when the context spans several partitions, merged by the last block of each sequence and KV
+// head, in the same launch) and qvl_attn_prefill_* (tensor cores) for the others;
+// qvl_attn_generic for shapes the templates do not cover. Every kernel writes out's bf16 copy.
 func (b *Backend) Attention(out, q ml.Tensor, a ml.AttnArgs) error {
 	const op = "Attention"
 	if err := ml.CheckAttention(out, q, a); err != nil {
@@ -311,14 +356,23 @@ func (b *Backend) Attention(out, q ml.Tensor, a ml.AttnArgs) error {
 	pre, okPre := prefillKernel(hd)
 	generic := !okDec || (maxQ > 1 && !okPre)
 	errs := b.dev.errFlags()
+	var obf uintptr
 	common := func() *kargs {
-		return b.a.reset().ptr(ptr(out)).ptr(ptr(q)).ptr(ptr(a.K)).ptr(ptr(a.V)).ptr(ptr(a.SeqStart)).
+		return b.a.reset().ptr(ptr(out)).ptr(obf).ptr(ptr(q)).ptr(ptr(a.K)).ptr(ptr(a.V)).ptr(ptr(a.SeqStart)).
 			ptr(ptr(a.CtxLen)).ptr(ptr(a.BlockTables)).i32(maxBlocks)
 	}
 	return b.dev.do(func() error {
+		var err error
+		if obf, err = b.copyFor(out); err != nil {
+			return err
+		}
 		if generic {
 			common().i32(nb).i32(a.Heads).i32(a.KVHeads).i32(hd).i32(l.BlockSize).i32(l.NumBlocks).f32(a.Scale).ptr(errs)
-			return b.launch(kAttnGeneric, dim3{n, a.Heads, 1}, d1(32), 0)
+			if err := b.launch(kAttnGeneric, dim3{n, a.Heads, 1}, d1(32), 0); err != nil {
+				return err
+			}
+			b.produced(out, obf)
+			return nil
 		}
 		part, nparts := decodePartition(a.KVHeads, nb, maxCtx, b.info.sms)
 		if nparts > 1 {
@@ -328,18 +382,15 @@ func (b *Backend) Attention(out, q ml.Tensor, a ml.AttnArgs) error {
 			if err := b.ensure(&b.partML, 8*n*a.Heads*nparts); err != nil {
 				return err
 			}
-		}
-		common().i32(a.Heads).i32(a.KVHeads).i32(l.BlockSize).i32(l.NumBlocks).f32(a.Scale).i32(part).i32(nparts).
-			ptr(b.part.p).ptr(b.partML.p).ptr(errs)
-		if err := b.launch(dec, dim3{a.KVHeads, nb, nparts}, d1(attnThreads), 0); err != nil {
-			return err
-		}
-		if nparts > 1 {
-			b.a.reset().ptr(ptr(out)).ptr(b.part.p).ptr(b.partML.p).ptr(ptr(a.SeqStart)).ptr(ptr(a.CtxLen)).
-				i32(a.Heads).i32(hd).i32(part).i32(nparts)
-			if err := b.launch(kAttnMerge, dim3{a.Heads, nb, 1}, d1(attnThreads), 0); err != nil {
+			// One arrival counter per (sequence, KV head); zero between launches.
+			if err := b.ensureZeroed(&b.partDone, 4*nb*a.KVHeads); err != nil {
 				return err
 			}
+		}
+		common().i32(a.Heads).i32(a.KVHeads).i32(l.BlockSize).i32(l.NumBlocks).f32(a.Scale).i32(part).i32(nparts).
+			ptr(b.part.p).ptr(b.partML.p).ptr(b.partDone.p).ptr(errs)
+		if err := b.launch(dec, dim3{a.KVHeads, nb, nparts}, d1(attnThreads), 0); err != nil {
+			return err
 		}
 		if maxQ > 1 {
 			common().i32(a.Heads).i32(a.KVHeads).i32(l.BlockSize).i32(l.NumBlocks).f32(a.Scale * math.Log2E).ptr(errs)
@@ -348,6 +399,7 @@ func (b *Backend) Attention(out, q ml.Tensor, a ml.AttnArgs) error {
 				return err
 			}
 		}
+		b.produced(out, obf)
 		return nil
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/qvl-dev/qvl/runtime/cpu"
@@ -18,18 +19,19 @@ import (
 // Tolerances per op. bf16 is 8 bits of mantissa: rounding one operand costs up to 2⁻⁹ ≈ 2e-3
 // relative per element, about 1e-3 on a long dot product of random terms.
 var tolerances = map[string]tol{
-	"exact":            {0, 0},         // copies and bf16 widening are exact
-	"MatMul/bf16":      {5e-3, 2e-2},   // x rounded to bf16, bf16 weights exact, f32 accumulation
-	"MatMul/f32":       {1e-5, 1e-4},   // f32 GEMM, another summation order
-	"RMSNorm":          {2e-6, 1e-5},   // f32 sum of squares, f64 rsqrt
-	"SwiGLU":           {2e-6, 1e-5},   // expf vs f64 exp
-	"ScatterAdd":       {1e-6, 1e-6},   // atomics reorder duplicate adds
-	"QKV/q":            {5e-6, 5e-5},   // f32 norm and rope vs f64 (angles reduced in f64)
-	"QKV/cache":        {3e-3, 8e-3},   // k and v stored as bf16: one bf16 rounding
-	"Attention/decode": {1e-4, 1e-3},   // f32 math over the same bf16 cache values
-	"Attention/mma":    {1.5e-2, 6e-2}, // q and P rounded to bf16 for the tensor cores
-	"Embed/custom":     {1e-2, 4e-2},   // custom and mid rounded to bf16 for the tensor cores
-	"Graph":            {1e-5, 1e-4},   // a replayed step: only the attention split may differ
+	"exact":             {0, 0},         // copies and bf16 widening are exact
+	"MatMul/bf16":       {5e-3, 2e-2},   // x rounded to bf16, bf16 weights exact, f32 accumulation
+	"MatMul/f32":        {1e-5, 1e-4},   // f32 GEMM, another summation order
+	"MatMul/same-input": {1e-6, 1e-5},   // the same bf16 operands at another address (cuBLAS may pick another kernel)
+	"RMSNorm":           {2e-6, 1e-5},   // f32 sum of squares, f64 rsqrt
+	"SwiGLU":            {2e-6, 1e-5},   // expf vs f64 exp
+	"ScatterAdd":        {1e-6, 1e-6},   // atomics reorder duplicate adds
+	"QKV/q":             {5e-6, 5e-5},   // f32 norm and rope vs f64 (angles reduced in f64)
+	"QKV/cache":         {3e-3, 8e-3},   // k and v stored as bf16: one bf16 rounding
+	"Attention/decode":  {1e-4, 1e-3},   // f32 math over the same bf16 cache values
+	"Attention/mma":     {1.5e-2, 6e-2}, // q and P rounded to bf16 for the tensor cores
+	"Embed/custom":      {1e-2, 4e-2},   // custom and mid rounded to bf16 for the tensor cores
+	"Graph":             {1e-5, 1e-4},   // a replayed step: only the attention split may differ
 }
 
 func ref() ml.Backend { return cpu.NewReference() }
@@ -360,6 +362,39 @@ func TestOpEmbedProject(t *testing.T) {
 				compare(t, "text and visual rows", "exact", ge, we)
 				if len(wc) > 0 {
 					compare(t, "custom rows", "Embed/custom", gc, wc)
+				}
+			})
+		}
+	})
+}
+
+// TestOpAttentionRepeatable runs split-K decode cases again and again on one backend: the
+// output must not change from run to run (the last block of each sequence and KV head merges
+// the partitions, counted with atomics that must return to zero after every launch; on a GPU a
+// race there would show as a run that differs). The emulation runs blocks one at a time, so
+// it only checks the counters' reset; the GPU runs many more times.
+func TestOpAttentionRepeatable(t *testing.T) {
+	forEachCUDA(t, func(t *testing.T, b *Backend, gpu bool) {
+		reps := 3
+		if gpu {
+			reps = 50
+		}
+		for i, c := range attnCases {
+			if !strings.Contains(c.name, "splitk") {
+				continue
+			}
+			t.Run(c.name, func(t *testing.T) {
+				r := rand.New(rand.NewPCG(18, uint64(i)))
+				first := runAttention(t, b, c, uint64(i))
+				compare(t, "out", c.tolerance, first, runAttention(t, ref(), c, uint64(i)))
+				// The same inputs again, and between repeats other batches through the same
+				// counters (a different number of sequences and partitions).
+				for k := 0; k < reps; k++ {
+					got := runAttention(t, b, c, uint64(i))
+					require.Equal(t, first, got, "repeat %d differs from the first run", k)
+					if k%2 == 0 {
+						runAttention(t, b, attnCases[r.IntN(2)], uint64(k))
+					}
 				}
 			})
 		}
