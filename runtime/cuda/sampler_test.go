@@ -12,105 +12,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// refArgmax is package sample's argmax: the largest value, lowest id on ties, NaN never wins,
-// 0 when nothing beats −inf.
-func refArgmax(row []float32) int32 {
-	best, bv := int32(0), float32(math.Inf(-1))
-	for i, v := range row {
-		if v > bv {
-			best, bv = int32(i), v
-		}
-	}
-	return best
-}
-
-// refSample is ml.DeviceSampler.Sample's contract written out as package sample computes it
-// (State.Sample without penalties), with the row's draw p.Uniform in place of the request's
-// random stream: greedy, inverse CDF over all tokens in id order, or over the best-first
-// prefix kept by top-k, min-p and top-p (measured against the top-k mass).
+// refSample is the CPU reference of ml.DeviceSampler.Sample: package sample's Drawer, the same
+// rule the host sampler uses, with the row's draw p.Uniform.
 func refSample(row []float32, p ml.SampleParams) int32 {
-	if p.Temperature == 0 || p.TopK == 1 {
-		return refArgmax(row)
-	}
-	invT := 1 / float64(p.Temperature)
-	m := float64(row[refArgmax(row)])
-	weight := func(v float32) float64 { return math.Exp((float64(v) - m) * invT) }
-	if !(p.TopK > 0 || (p.TopP > 0 && p.TopP < 1) || p.MinP > 0) {
-		var total float64
-		w := make([]float64, len(row))
-		for i, v := range row {
-			if v == v {
-				w[i] = weight(v)
-			}
-			total += w[i]
-		}
-		u := p.Uniform * total
-		var acc float64
-		last := int32(0)
-		for i, x := range w {
-			if x == 0 {
-				continue
-			}
-			acc += x
-			last = int32(i)
-			if acc > u {
-				return last
-			}
-		}
-		return last
-	}
-	k := len(row)
-	if p.TopK > 0 {
-		k = min(p.TopK, len(row))
-	}
-	topP := float64(p.TopP)
-	if topP <= 0 || topP >= 1 {
-		topP = 1
-	}
-	cand := sample.TopKRow(nil, row, k)
-	var z float64
-	if k == len(row) {
-		for _, v := range row {
-			if v == v {
-				z += weight(v)
-			}
-		}
-	} else {
-		for _, c := range cand {
-			z += weight(c.Value)
-		}
-	}
-	if p.MinP > 0 {
-		n := 0
-		for n < len(cand) && weight(cand[n].Value) >= float64(p.MinP) {
-			n++
-		}
-		cand = cand[:max(1, n)]
-	}
-	keep, acc := len(cand), 0.0
-	var probs []float64
-	for i, c := range cand {
-		w := weight(c.Value)
-		probs = append(probs, w)
-		acc += w
-		if acc >= topP*z {
-			keep = i + 1
-			break
-		}
-	}
-	var total float64
-	for _, w := range probs[:keep] {
-		total += w
-	}
-	u := p.Uniform * total
-	acc = 0
-	for i := 0; i < keep; i++ {
-		acc += probs[i]
-		if acc > u {
-			return cand[i].ID
-		}
-	}
-	return cand[keep-1].ID
+	var d sample.Drawer
+	return d.Draw(row, p.Temperature, p.TopK, p.TopP, p.MinP, p.Uniform)
 }
 
 // logitRows makes B rows of V logits: normal rows of scale s, and a few special ones.
