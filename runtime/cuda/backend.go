@@ -607,3 +607,9 @@ func (b *Backend) ropeTable(r ml.Rope, hd int) (uintptr, error) {
 }
 
 var _ ml.Backend = (*Backend)(nil)
+
+// Batch implements ml.Batcher: fn and every backend call it makes run on the device thread in
+// one hand-off (calls made from there run inline).
+func (b *Backend) Batch(fn func() error) error { return b.dev.do(fn) }
+
+var _ ml.Batcher = (*Backend)(nil)

@@ -326,3 +326,10 @@ type Grapher interface {
 	// DropGraphs discards every recorded graph (when the tensors they use are reallocated).
 	DropGraphs()
 }
+
+// Batcher is implemented by backends whose every call costs a hand-off to another thread (the
+// CUDA backend runs all driver work on one locked OS thread): Batch runs fn, and every call fn
+// makes to the backend, in a single hand-off. The model runs each step inside Batch.
+type Batcher interface {
+	Batch(fn func() error) error
+}

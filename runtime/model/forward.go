@@ -193,15 +193,27 @@ func (m *Model) shapeOf(bt *Batch, maxQ, maxCtx int) shape {
 // Forward runs one step: it writes the batch's keys and values into the cache and returns the
 // logits of bt.LogitRows as a [len(LogitRows), vocab] row-major slice, valid until the next call.
 func (m *Model) Forward(bt *Batch) ([]float32, error) {
-	logits, r, err := m.step(bt)
-	if err != nil || r == 0 {
-		return nil, err
-	}
-	out := m.s.host.logits[:r*m.Config.VocabSize]
-	if err := m.b.Read(logits, out); err != nil {
+	var out []float32
+	err := m.batch(func() error {
+		logits, r, err := m.step(bt)
+		if err != nil || r == 0 {
+			return err
+		}
+		out = m.s.host.logits[:r*m.Config.VocabSize]
+		return m.b.Read(logits, out)
+	})
+	if err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// batch runs fn in one hand-off on backends that batch their calls (ml.Batcher).
+func (m *Model) batch(fn func() error) error {
+	if bb, ok := m.b.(ml.Batcher); ok {
+		return bb.Batch(fn)
+	}
+	return fn()
 }
 
 // CanSampleOnDevice reports whether the backend samples on the device (ForwardSample).
@@ -220,15 +232,19 @@ func (m *Model) ForwardSample(bt *Batch, p []ml.SampleParams) ([]int32, error) {
 	if len(p) != len(bt.LogitRows) {
 		return nil, fmt.Errorf("forward: %d sampling rows for %d logit rows", len(p), len(bt.LogitRows))
 	}
-	logits, r, err := m.step(bt)
-	if err != nil || r == 0 {
-		return nil, err
-	}
-	if cap(m.s.host.ids) < r {
-		m.s.host.ids = make([]int32, r)
-	}
-	ids := m.s.host.ids[:r]
-	if err := ds.Sample(logits, p, ids); err != nil {
+	var ids []int32
+	err := m.batch(func() error {
+		logits, r, err := m.step(bt)
+		if err != nil || r == 0 {
+			return err
+		}
+		if cap(m.s.host.ids) < r {
+			m.s.host.ids = make([]int32, r)
+		}
+		ids = m.s.host.ids[:r]
+		return ds.Sample(logits, p, ids)
+	})
+	if err != nil {
 		return nil, err
 	}
 	return ids, nil
