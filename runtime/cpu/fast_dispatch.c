@@ -75,11 +75,13 @@ static const qvl_kern *kern(int level) {
 // ---- matmul ----------------------------------------------------------------------------------
 
 // x rows up to which the matmul streams the weights once per group of 4 x rows (GEMV); above it
-// the weights are packed in panels and multiplied as a GEMM. Measured on Zen 4 (2048 x 12288
-// bf16, one thread): n = 8 takes 8.3 ms as GEMV and 12.2 ms as GEMM, n = 16 16.0 ms either way,
-// n = 32 32.2 ms and 24.4 ms.
+// the weights are packed in panels and multiplied as a GEMM. Measured on Zen 4 with 2 threads
+// (2048 x 12288 bf16, exact, best of 5, both paths in one build each): GEMV / GEMM
+// n = 16 4.9 / 8.1 ms, 32 9.1 / 11.9, 64 17.2 / 19.3, 128 33.7 / 34.0, 256 66.0 / 63.6; and on
+// the 2B model's batched decode at context 256, batch 16 371-387 / 598-615 ms per step, batch
+// 32 665-688 / 961-967. (With one thread and 12 as the bound, n = 32 had favoured the GEMM.)
 #ifndef GEMV_MAX
-#define GEMV_MAX 12
+#define GEMV_MAX 128
 #endif
 
 typedef struct {

@@ -138,7 +138,12 @@ func TestFastMatMul(t *testing.T) {
 		for _, k := range []int{160, 769} {
 			for _, m := range []int{1, 769, 2051} {
 				w := randWeight(r, dt, m, k, 0, 1/math.Sqrt(float64(k)))
-				for _, n := range []int{1, 2, 3, 4, 5, 12, 13, 17} {
+				ns := []int{1, 2, 3, 4, 5, 12, 13, 17}
+				if m <= 769 {
+					// Both sides of GEMV_MAX (128): the GEMV and the packed GEMM.
+					ns = append(ns, 128, 129, 150)
+				}
+				for _, n := range ns {
 					x := randF32(r, n*k, 1)
 					want := make([]float32, n*m)
 					matmulRef(want, x, w, n, k, m)
@@ -178,7 +183,7 @@ func TestFastMatMulPrecision(t *testing.T) {
 		for _, k := range []int{160, 769, 2048} {
 			for _, m := range []int{1, 33, 769} {
 				w := randWeight(r, ml.BF16, m, k, 0, 1/math.Sqrt(float64(k)))
-				for _, n := range []int{13, 17, 24} {
+				for _, n := range []int{129, 136} { // above GEMV_MAX: the vdpbf16ps GEMM
 					x := randF32(r, n*k, 1)
 					want := make([]float32, n*m)
 					matmulRef(want, x, w, n, k, m)
