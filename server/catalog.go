@@ -273,7 +273,7 @@ func (s *Server) project(ctx context.Context, m *Model, parts []imagePart, custo
 		return unprocessable(parts[0].param, "embeddings need a projector, and this server has none loaded")
 	}
 	var batch []float32
-	var todo []int
+	var uncached []int
 	for i, c := range customs {
 		if c == nil {
 			continue
@@ -290,9 +290,9 @@ func (s *Server) project(ctx context.Context, m *Model, parts []imagePart, custo
 		}
 		// Copied: the projection may run after this request is gone, and store rows are mapped.
 		batch = append(batch, c...)
-		todo = append(todo, i)
+		uncached = append(uncached, i)
 	}
-	if len(todo) == 0 {
+	if len(uncached) == 0 {
 		return nil
 	}
 	out, err := m.Engine.Project(ctx, batch)
@@ -303,11 +303,11 @@ func (s *Server) project(ctx context.Context, m *Model, parts []imagePart, custo
 		s.log.Error("projecting embeddings", "err", err)
 		return internalError("projecting the embeddings failed")
 	}
-	if len(out) != len(todo)*k*h {
-		s.log.Error("projector output size", "got", len(out), "want", len(todo)*k*h)
+	if len(out) != len(uncached)*k*h {
+		s.log.Error("projector output size", "got", len(out), "want", len(uncached)*k*h)
 		return internalError("projecting the embeddings failed")
 	}
-	for j, i := range todo {
+	for j, i := range uncached {
 		v := out[j*k*h : (j+1)*k*h : (j+1)*k*h]
 		img := engine.Image{GridTHW: [3]int{1, 2, 2 * k}, Embeds: v}
 		if keys[i] != nil {
