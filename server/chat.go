@@ -215,19 +215,11 @@ func (s *Server) streamChat(ctx context.Context, w http.ResponseWriter, m *Model
 	}
 	finals := make([]engine.Event, n)
 	for run.remaining() > 0 && out.err == nil {
-		ce, err := run.next(ctx)
-		if err != nil {
-			ae := s.clientGone()
-			if ae.Status != statusClientClosed {
-				out.fail(ae)
-			}
-			return ae
+		ce, done, ret := s.nextStreamed(ctx, run, out)
+		if done {
+			return ret
 		}
 		ev := ce.ev
-		if ae := s.finishError(ev); ae != nil {
-			out.fail(ae)
-			return nil
-		}
 		var lp *chatLogprobs
 		if keepLogprob(m, ev) {
 			lp = &chatLogprobs{Content: []tokenLogprob{chatLogprob(m.Tokenizer, ev.Logprob)}}

@@ -205,19 +205,11 @@ func (s *Server) streamCompletions(ctx context.Context, w http.ResponseWriter, m
 	}
 	finals := make([]engine.Event, n)
 	for run.remaining() > 0 && out.err == nil {
-		ce, err := run.next(ctx)
-		if err != nil {
-			ae := s.clientGone()
-			if ae.Status != statusClientClosed {
-				out.fail(ae)
-			}
-			return ae
+		ce, done, ret := s.nextStreamed(ctx, run, out)
+		if done {
+			return ret
 		}
 		ev := ce.ev
-		if ae := s.finishError(ev); ae != nil {
-			out.fail(ae)
-			return nil
-		}
 		var lp *completionLogprobs
 		if l := lps[ce.index]; l != nil && keepLogprob(m, ev) {
 			one := newTextLogprobs(l.offset)

@@ -272,3 +272,22 @@ func (s *Server) requestContext(r *http.Request) (context.Context, context.Cance
 }
 
 func (s *Server) aborted() bool { return s.abortCtx.Err() != nil }
+
+// nextStreamed takes the next event of a streaming run. When the stream must end instead — the
+// client went away, or a choice failed (sent to the client as an error event) — it reports
+// done with what the handler returns.
+func (s *Server) nextStreamed(ctx context.Context, run *run, out *sse) (ce choiceEvent, done bool, ret *APIError) {
+	ce, err := run.next(ctx)
+	if err != nil {
+		ae := s.clientGone()
+		if ae.Status != statusClientClosed {
+			out.fail(ae)
+		}
+		return ce, true, ae
+	}
+	if ae := s.finishError(ce.ev); ae != nil {
+		out.fail(ae)
+		return ce, true, nil
+	}
+	return ce, false, nil
+}
