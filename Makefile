@@ -33,12 +33,13 @@ kernels/%.ptx: kernels/%.cu kernels/*.cuh
 check-kernels: ## rebuild the PTX and fail if it differs from the committed PTX
 	$(MAKE) -B kernels && git diff --exit-code -- kernels/*.ptx
 
-gpu-binaries: ## build build/gpu/ (qvl and GPU test binaries) for scripts/gpu-check.sh
+gpu-binaries: ## build build/gpu/ (qvl and GPU test binaries, stripped to travel light) for scripts/gpu-check.sh
 	mkdir -p build/gpu
-	$(GO) build -o build/gpu/qvl ./cmd/qvl
-	$(GO) test -c -o build/gpu/cuda.test ./runtime/cuda
-	$(GO) test -c -o build/gpu/cudab.test ./bindings/cuda
-	$(GO) test -c -o build/gpu/cublasb.test ./bindings/cublas
+	$(GO) build -ldflags='-s -w' -o build/gpu/qvl ./cmd/qvl
+	$(GO) test -c -ldflags='-s -w' -o build/gpu/cuda.test ./runtime/cuda
+	$(GO) test -c -ldflags='-s -w' -o build/gpu/cudab.test ./bindings/cuda
+	$(GO) test -c -ldflags='-s -w' -o build/gpu/cublasb.test ./bindings/cublas
+	tar -C build -czf build/gpu.tar.gz gpu
 
 gpu-check: gpu-binaries ## run every GPU check (on a machine with a GPU; logs in build/gpu-check)
 	scripts/gpu-check.sh build/gpu-check

@@ -23,6 +23,18 @@
 #define QVL_SPIN_WAIT() __nanosleep(64)
 #endif
 
+// qvl_globaltimer_ns reads the GPU's global nanosecond timer (the host's monotonic clock in the
+// emulation).
+__device__ __forceinline__ unsigned long long qvl_globaltimer_ns() {
+#if defined(QVL_SIM)
+    return qvlsim::now_ns();
+#else
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+#endif
+}
+
 typedef unsigned short qvl_bf16;  // raw bfloat16 bits
 
 // Device-side error codes. Kernels never read or write out of bounds on bad indices: they skip

@@ -3,10 +3,15 @@
 //   qvl_gather_rows       out[r, :] = x[idx[r], :]                     (Gather: the logit rows)
 //   qvl_scatter_add_rows  x[idx[r], :] += rows[r, :]                  (ScatterAdd: DeepStack)
 //   qvl_f32_to_bf16       y[i] = bf16(x[i]), round to nearest even    (MatMul's bf16 operand)
+//   qvl_spin              waits ns nanoseconds on the GPU's clock     (Hold: the profiler's gate)
 //
 // qvl_gather_rows also writes out_bf16[r, :] = bf16(out[r, :]) when out_bf16 is not null: the
 // backend's bf16 copy of out, which the LM head's MatMul reads instead of converting. The
 // conversion kernel is left for MatMul operands that no producer wrote a copy of.
+//
+// qvl_spin holds the stream (grid 1, block 32) so that the work queued behind it runs back to
+// back once it ends: event pairs around each kernel then time the kernel, not the host's
+// launch gaps.
 //
 // Launch: gather/scatter: grid (R), block 256, one block per row. f32_to_bf16: grid-stride,
 // grid ≤ 8·SMs, block 256, 4 elements per thread per step when 16-byte aligned.
@@ -70,3 +75,15 @@ qvl_f32_to_bf16(const float* __restrict__ x, qvl_bf16* __restrict__ y, long long
     for (long long i = t; i < n; i += stride) y[i] = qvl_f32_to_bf16(x[i]);
 }
 QVL_REGISTER(qvl_f32_to_bf16)
+
+// One thread waits; in the emulation it busy-waits (no other thread waits on it).
+extern "C" __global__ void __launch_bounds__(32) qvl_spin(long long ns) {
+    if (threadIdx.x != 0) return;
+    const unsigned long long t0 = qvl_globaltimer_ns();
+    while (qvl_globaltimer_ns() - t0 < (unsigned long long)ns) {
+#if !defined(QVL_SIM)
+        __nanosleep(1000);
+#endif
+    }
+}
+QVL_REGISTER(qvl_spin)

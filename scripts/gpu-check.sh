@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gpu-check.sh OUTDIR — every GPU check of the CUDA backend in one run, on a GPU machine
 # that has no Go toolchain, from binaries built beforehand on a machine without a GPU
-# (`make gpu-binaries` writes them to build/gpu/):
+# (`make gpu-binaries` writes them to build/gpu/ and build/gpu.tar.gz):
 #
 #   build/gpu/qvl          the qvl command
 #   build/gpu/cuda.test    go test -c ./runtime/cuda       (op harness, verify, graphs, 2B, benchmark)
@@ -26,6 +26,11 @@ set -uo pipefail
 out=${1:?usage: scripts/gpu-check.sh OUTDIR}
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${QVL_GPU_BIN:-$root/build/gpu}
+# The binaries may travel as build/gpu.tar.gz (a third of the size; the device tool's
+# transfer limit is 64 MiB): unpack it when the folder is not there.
+if [[ ! -d $bin && -f $root/build/gpu.tar.gz ]]; then
+	tar -C "$root/build" -xzf "$root/build/gpu.tar.gz"
+fi
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 budget=${QVL_GPU_CHECK_BUDGET:-470}

@@ -154,7 +154,7 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 		}
 		m, err := model.Open(be, dir, model.Options{})
 		require.NoError(t, err)
-		perSeq := (ctx + 2*decodeSteps + 8 + profSteps + bs - 1) / bs
+		perSeq := (ctx + 2*decodeSteps + 8 + 2*profSteps + bs - 1) / bs
 		require.NoError(t, m.InitCache(seqs*perSeq, bs))
 		r := rand.New(rand.NewPCG(9, 9))
 		all := make([]*seqState, seqs)
@@ -210,6 +210,9 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 				eagerTPOT = el / time.Duration(decodeSteps)
 				kernelTPOT, stepLaunches = profileDecode(t, b, m, r, all[:1], bs)
 			}
+			if batch > 1 && !graphs {
+				profileDecode(t, b, m, r, all[:batch], bs)
+			}
 			if batch == 1 {
 				rep.add(fmt.Sprintf("decode batch 1, context %d (%s)", ctx, label), el.Seconds()*1e3/float64(decodeSteps), "ms/tok", "TPOT ≤ 1.5 ms",
 					fmt.Sprintf("%.2f ms (%.2f GB of weights at 3.0 TB/s); HF eager 71 ms", floorMs, weightBytes/1e9))
@@ -230,7 +233,7 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 		saved := eagerTPOT - graphTPOT
 		rep.add("decode batch 1: eager − graphs TPOT (launch overhead)", float64(saved.Nanoseconds())/1e6, "ms/tok", "",
 			fmt.Sprintf("%.1f µs per launch over %.0f launches", float64(saved.Nanoseconds())/1e3/stepLaunches, stepLaunches))
-		rep.add("decode batch 1: GPU time of its kernels (eager)", float64(kernelTPOT.Nanoseconds())/1e6, "ms/tok", "",
+		rep.add("decode batch 1: GPU time of its kernels (eager, held)", float64(kernelTPOT.Nanoseconds())/1e6, "ms/tok", "",
 			fmt.Sprintf("%.0f launches per step; %.2f ms of weights at 3.0 TB/s", stepLaunches, floorMs))
 		gap := graphTPOT - kernelTPOT
 		rep.add("  graph TPOT − kernel time, per launch", float64(gap.Nanoseconds())/1e3/stepLaunches, "µs", "",
@@ -254,20 +257,26 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 			p[i] = ml.SampleParams{Temperature: 0.7, TopK: 20, TopP: 0.8, Uniform: r.Float64()}
 		}
 		require.NoError(t, b.Sample(lt, p, out)) // warm-up
-		b.ResetProfile()
-		b.SetProfiling(true)
 		reps := sz.reps
 		start := time.Now()
 		for i := 0; i < reps; i++ {
 			require.NoError(t, b.Sample(lt, p, out))
 		}
 		wall := time.Since(start) / time.Duration(reps)
+		// Kernel times: each call reads its tokens back, so each gets its own held stream.
+		b.ResetProfile()
+		b.SetProfiling(true)
+		for i := 0; i < reps; i++ {
+			require.NoError(t, b.Hold(2*time.Millisecond))
+			require.NoError(t, b.Sample(lt, p, out))
+		}
 		ids, vals := make([]int32, rows*64), make([]float32, rows*64)
 		k := make([]int, rows)
 		for i := range k {
 			k[i] = 50
 		}
 		for i := 0; i < reps; i++ {
+			require.NoError(t, b.Hold(2*time.Millisecond))
 			require.NoError(t, b.TopK(lt, k, 64, ids, vals))
 		}
 		prof := b.Profile()
@@ -307,6 +316,7 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 		reps := sz.reps
 		measure := func(fn func() error, name string) time.Duration {
 			b.ResetProfile()
+			require.NoError(t, b.Hold(10*time.Millisecond))
 			b.SetProfiling(true)
 			for i := 0; i < reps; i++ {
 				require.NoError(t, fn())
@@ -333,20 +343,27 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 	t.Log(b2.String())
 }
 
-// profileDecode runs profSteps batch-1 decode steps of m (eager) with the profiler on, prints
-// each kernel's launches and GPU time per step, and returns the GPU time and launches per step.
+// profileHold is how long each profiled decode step holds the stream before its launches
+// (Backend.Hold): well above the ~8 ms an eager 2B step takes the host to queue on the H100.
+const profileHold = 40 * time.Millisecond
+
+// profileDecode runs profSteps decode steps of m (eager) over seqs with the profiler on, each
+// behind a held stream so that the event pairs time the kernels and not the host's launch gaps,
+// prints each kernel's launches and GPU time per step, and returns the GPU time and launches
+// per step.
 func profileDecode(t *testing.T, b *Backend, m *model.Model, r *rand.Rand, seqs []*seqState, bs int) (time.Duration, float64) {
 	b.ResetProfile()
-	b.SetProfiling(true)
 	for s := 0; s < profSteps; s++ {
+		require.NoError(t, b.Hold(profileHold))
+		b.SetProfiling(true)
 		_, err := m.ForwardSample(textBatch(r, seqs, 1, bs), make([]ml.SampleParams, len(seqs)))
+		b.SetProfiling(false)
 		require.NoError(t, err)
 	}
 	prof := b.Profile()
-	b.SetProfiling(false)
 	var total time.Duration
 	var calls int64
-	fmt.Printf("BENCH-PROFILE | batch-1 decode step, eager, per step: %-26s | %9s | %9s\n", "kernel", "launches", "GPU µs")
+	fmt.Printf("BENCH-PROFILE | batch-%d decode step, eager, stream held, per step: %-10s | %9s | %9s\n", len(seqs), "kernel", "launches", "GPU µs")
 	for _, o := range prof {
 		total += o.Total
 		calls += o.Calls
@@ -383,6 +400,7 @@ func gemmShapes(t *testing.T, b *Backend, rep *benchReport, shape synth.Shape, v
 			require.NoError(t, b.RMSNorm(x, x, nw, 1e-6))
 			require.NoError(t, b.MatMul(y, x, w)) // warm-up: cuBLASLt's plan
 			b.ResetProfile()
+			require.NoError(t, b.Hold(5*time.Millisecond)) // the GEMMs run back to back (profile.go)
 			b.SetProfiling(true)
 			for i := 0; i < reps; i++ {
 				require.NoError(t, b.MatMul(y, x, w))

@@ -29,6 +29,7 @@ const (
 	kEmbed
 	kTopK
 	kSample
+	kSpin
 	kPrefill32
 	kPrefill64
 	kPrefill128
@@ -65,6 +66,7 @@ var kernelTable = func() []kernelSpec {
 		kEmbed:       {name: "qvl_embed", sig: "piippippipppiiiiippppipppp"},
 		kTopK:        {name: "qvl_topk", sig: "pipippp"},
 		kSample:      {name: "qvl_sample", sig: "pippp"},
+		kSpin:        {name: "qvl_spin", sig: "l"},
 		kPrefill32:   {name: "qvl_attn_prefill_hd32", sig: sigPrefill, smem: prefillSmem},
 		kPrefill64:   {name: "qvl_attn_prefill_hd64", sig: sigPrefill, smem: prefillSmem},
 		kPrefill128:  {name: "qvl_attn_prefill_hd128", sig: sigPrefill, smem: prefillSmem},

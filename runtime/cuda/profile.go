@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/qvl-dev/qvl/runtime/ml"
 )
@@ -127,6 +128,22 @@ func (b *Backend) Profile() []ml.OpTime {
 		return strings.Compare(a.Name, c.Name)
 	})
 	return out
+}
+
+// Hold queues a kernel that keeps the stream busy for d (qvl_spin). Work queued behind it runs
+// back to back once it ends, so that the profiler's event pairs time the kernels alone: without
+// a hold, a GPU that outruns the host records each start event when it reaches it and the
+// kernel when the host gets to launch it, and a small kernel's time is mostly the host's launch
+// gap. The hold must outlast the queueing of the work it covers (and no call in between may
+// wait for the stream); it is a profiling aid, not part of a forward step.
+func (b *Backend) Hold(d time.Duration) error {
+	if b.closed {
+		return errors.New("cuda: Hold on a closed backend")
+	}
+	return b.dev.do(func() error {
+		b.a.reset().i64(d.Nanoseconds())
+		return b.dev.launch(kSpin, d1(1), d1(32), 0, &b.a)
+	})
 }
 
 // ResetProfile implements ml.Profiler.

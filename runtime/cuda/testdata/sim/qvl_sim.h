@@ -17,6 +17,7 @@
 
 #include <cfloat>
 #include <cmath>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -35,6 +36,11 @@ extern uint3_ g_bid, g_bdim, g_gdim;
 void syncthreads();
 void syncwarp();
 void yield_spin();
+// now_ns is the host's monotonic clock in nanoseconds (%globaltimer on the device; lead's block).
+inline uint64_t now_ns() {
+    return (uint64_t)std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 uint64_t warp_exchange(uint64_t v, int src_lane);  // returns src_lane's value (src < 0: own)
 unsigned warp_ballot(bool pred);
 void mma_bf16_16816(float* d, const unsigned* a, const unsigned* b);
@@ -165,6 +171,9 @@ template <typename T>
 inline T __ldcg(const T* p) { return *p; }
 template <typename T>
 inline void __stcg(T* p, T v) { *p = v; }
+// gemv.cu (qvl_gemv_m*): the evict-first load of the weights is a plain load here.
+template <typename T>
+inline T __ldcs(const T* p) { return *p; }
 
 // Atomics: fibers switch only at synchronisation points, so plain read-modify-write is atomic.
 template <typename T>
