@@ -60,6 +60,8 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     constexpr int TPG = HD / 8;    // lanes per token
     constexpr int TPW = 32 / TPG;  // tokens per warp step
     constexpr int NW = QVL_DECODE_THREADS / 32;
+    // Loads in flight per lane: 8 at head sizes ≤ 128 (64 B/lane), 4 at 256 (more registers).
+    constexpr int DU = HD >= 256 ? 4 : 8;
     __shared__ __align__(16) float qs[GMAX][HD];
     __shared__ float lg[GMAX][QVL_DECODE_MAX_PART];
     __shared__ float red[NW][GMAX];
@@ -100,32 +102,42 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
 #pragma unroll
     for (int gi = 0; gi < GMAX; gi++) mx[gi] = -INFINITY;
 
-    // Scores: lg[gi][t - t0] = scale · q_gi · k_t.
-    for (int base = t0 + w * TPW; base < t1; base += NW * TPW) {  // warp-uniform
-        const int t = base + sub;
-        float kf[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-        bool valid = t < t1;
-        if (valid) {
-            const int blk = table[t / bs];
-            if (blk < 0 || blk >= num_blocks) {
-                qvl_raise(err, QVL_ERR_ATTN_BLOCK);
-                valid = false;
-            } else {
-                const uint4 kv =
-                    *reinterpret_cast<const uint4*>(kc + (((long long)blk * kv_heads + kvh) * bs + t % bs) * HD + c * 8);
-                qvl_unpack8(kv, kf);
-            }
+    // Scores: lg[gi][t - t0] = scale · q_gi · k_t. Each warp step covers DU·TPW tokens: every
+    // lane first issues its DU block-table reads, then its DU 16-byte key loads, then uses them,
+    // so that DU loads per lane are in flight at once (one at a time left the HBM idle).
+    for (int base = t0 + w * TPW * DU; base < t1; base += NW * TPW * DU) {  // warp-uniform
+        int blk[DU];
+#pragma unroll
+        for (int u = 0; u < DU; u++) {
+            const int t = base + u * TPW + sub;
+            blk[u] = t < t1 ? table[t / bs] : 0;
+        }
+        uint4 kv[DU];
+#pragma unroll
+        for (int u = 0; u < DU; u++) {
+            const int t = base + u * TPW + sub;
+            kv[u] = make_uint4(0u, 0u, 0u, 0u);
+            if (t < t1 && blk[u] >= 0 && blk[u] < num_blocks)
+                kv[u] = *reinterpret_cast<const uint4*>(kc + (((long long)blk[u] * kv_heads + kvh) * bs + t % bs) * HD + c * 8);
         }
 #pragma unroll
-        for (int gi = 0; gi < GMAX; gi++) {
-            float dot = 0.f;
+        for (int u = 0; u < DU; u++) {
+            const int t = base + u * TPW + sub;
+            const bool valid = t < t1 && blk[u] >= 0 && blk[u] < num_blocks;
+            if (t < t1 && !valid) qvl_raise(err, QVL_ERR_ATTN_BLOCK);
+            float kf[8];
+            qvl_unpack8(kv[u], kf);
 #pragma unroll
-            for (int j = 0; j < 8; j++) dot += qr[gi][j] * kf[j];
+            for (int gi = 0; gi < GMAX; gi++) {
+                float dot = 0.f;
 #pragma unroll
-            for (int o = TPG / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(QVL_FULL_MASK, dot, o);
-            if (t < t1) {
-                if (c == 0) lg[gi][t - t0] = valid ? dot : -INFINITY;
-                if (valid) mx[gi] = fmaxf(mx[gi], dot);
+                for (int j = 0; j < 8; j++) dot += qr[gi][j] * kf[j];
+#pragma unroll
+                for (int o = TPG / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(QVL_FULL_MASK, dot, o);
+                if (t < t1) {
+                    if (c == 0) lg[gi][t - t0] = valid ? dot : -INFINITY;
+                    if (valid) mx[gi] = fmaxf(mx[gi], dot);
+                }
             }
         }
     }
@@ -173,15 +185,27 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     for (int gi = 0; gi < GMAX; gi++)
 #pragma unroll
         for (int j = 0; j < 8; j++) acc[gi][j] = 0.f;
-    for (int base = t0 + w * TPW; base < t1; base += NW * TPW) {
-        const int t = base + sub;
-        if (t < t1) {
-            const int blk = table[t / bs];
-            if (blk >= 0 && blk < num_blocks) {
-                const uint4 vv =
-                    *reinterpret_cast<const uint4*>(vc + (((long long)blk * kv_heads + kvh) * bs + t % bs) * HD + c * 8);
+    for (int base = t0 + w * TPW * DU; base < t1; base += NW * TPW * DU) {  // DU loads in flight, as above
+        int blk[DU];
+#pragma unroll
+        for (int u = 0; u < DU; u++) {
+            const int t = base + u * TPW + sub;
+            blk[u] = t < t1 ? table[t / bs] : -1;
+        }
+        uint4 vv[DU];
+#pragma unroll
+        for (int u = 0; u < DU; u++) {
+            const int t = base + u * TPW + sub;
+            vv[u] = make_uint4(0u, 0u, 0u, 0u);
+            if (t < t1 && blk[u] >= 0 && blk[u] < num_blocks)
+                vv[u] = *reinterpret_cast<const uint4*>(vc + (((long long)blk[u] * kv_heads + kvh) * bs + t % bs) * HD + c * 8);
+        }
+#pragma unroll
+        for (int u = 0; u < DU; u++) {
+            const int t = base + u * TPW + sub;
+            if (t < t1 && blk[u] >= 0 && blk[u] < num_blocks) {
                 float vf[8];
-                qvl_unpack8(vv, vf);
+                qvl_unpack8(vv[u], vf);
 #pragma unroll
                 for (int gi = 0; gi < GMAX; gi++) {
                     const float pr = lg[gi][t - t0];

@@ -12,13 +12,14 @@
 // bf16 in ml.KVLayout's paged HND layout: element (slot, h, d) lives at
 // ((slot/bs · KV + h) · bs + slot%bs) · hd + d.
 //
-// Launch: grid (N tokens), block 128 (4 warps; warp w handles heads w, w+4, ...), dynamic shared
-// memory (4 + 1) · hd floats (one head buffer per warp, then cos|sin of the token).
+// Launch: grid (N tokens), block 32·min(heads + 2·kv_heads, 32) (warp w handles heads w, w+nw, ...:
+// one head per warp on the 2B's 48), dynamic shared memory (nw + 1) · hd floats (one head buffer
+// per warp, then cos|sin of the token).
 // Floor: bandwidth, reading (H+2KV)·hd·4 bytes and writing H·hd·4 + 2·KV·hd·2 per token: 2B's
 // 32 heads of 128 at 4096 tokens is 16.8 MB + 12.6 MB, 10 µs at 3 TB/s; at decode a launch.
 #include "common.cuh"
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(1024)
 qvl_qkv(const float* __restrict__ qkv, float* __restrict__ q_out, const void* __restrict__ qn,
         const void* __restrict__ kn, int flags, const int* __restrict__ pos, const int* __restrict__ slots,
         qvl_bf16* __restrict__ kc, qvl_bf16* __restrict__ vc, const double* __restrict__ inv_freq,
@@ -55,6 +56,7 @@ qvl_qkv(const float* __restrict__ qkv, float* __restrict__ q_out, const void* __
             if (slot_ok) {
                 const int kvh = h - heads - kv_heads;
                 qvl_bf16* dst = vc + ((blk * kv_heads + kvh) * block_size + off) * hd;
+#pragma unroll 4
                 for (int d = lane; d < hd; d += 32) dst[d] = qvl_f32_to_bf16(x[d]);
             }
             continue;
@@ -63,6 +65,7 @@ qvl_qkv(const float* __restrict__ qkv, float* __restrict__ q_out, const void* __
         const void* wn = isq ? qn : kn;
         const int wbf = isq ? (flags & 1) : ((flags >> 1) & 1);
         float ss = 0.f;
+#pragma unroll 4
         for (int d = lane; d < hd; d += 32) {
             const float v = x[d];
             hb[d] = v;
@@ -71,6 +74,7 @@ qvl_qkv(const float* __restrict__ qkv, float* __restrict__ q_out, const void* __
         ss = qvl_warp_sum(ss);
         const float inv = (float)(1.0 / sqrt((double)ss / (double)hd + (double)eps));
         __syncwarp();
+#pragma unroll 2
         for (int j = lane; j < half; j += 32) {
             const float a = hb[j] * inv * qvl_load_weight(wn, wbf, j);
             const float b = hb[j + half] * inv * qvl_load_weight(wn, wbf, j + half);

@@ -119,10 +119,10 @@ func TestDecodeAndPrefillKernelChoice(t *testing.T) {
 }
 
 func TestDecodePartition(t *testing.T) {
-	// Batch 1 at context 512 on 132 SMs: 8 KV heads, split 8 ways into partitions of 64.
+	// Batch 1 at context 512 on 132 SMs: 8 KV heads, split 16 ways into partitions of 32.
 	part, n := decodePartition(8, 1, 512, 132)
-	assert.Equal(t, 64, part)
-	assert.Equal(t, 8, n)
+	assert.Equal(t, 32, part)
+	assert.Equal(t, 16, n)
 	// Batch 64 fills the GPU without splitting.
 	part, n = decodePartition(8, 64, 512, 132)
 	assert.Equal(t, 512, part)

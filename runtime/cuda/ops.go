@@ -11,12 +11,12 @@ import (
 const (
 	normThreads    = 256
 	rowThreads     = 256
-	qkvThreads     = 128
+	qkvMaxWarps    = 32
 	attnThreads    = 128
 	embedThreads   = 256
 	sampleThreads  = 1024
 	decodeMaxPart  = 512
-	decodeMinPart  = 64
+	decodeMinPart  = 32
 	prefillTile    = 64
 	genericMaxHead = 256
 )
@@ -302,8 +302,10 @@ func (b *Backend) QKV(qkv ml.Tensor, a ml.QKVArgs) error {
 		b.a.reset().ptr(ptr(qkv)).ptr(ptr(a.Q)).ptr(ptr(a.QNorm)).ptr(ptr(a.KNorm)).i32(flags).
 			ptr(ptr(a.Pos)).ptr(ptr(a.Slots)).ptr(ptr(a.K)).ptr(ptr(a.V)).ptr(tab).ptr(tab + uintptr(8*half)).
 			i32(a.Heads).i32(a.KVHeads).i32(hd).i32(l.BlockSize).i32(l.NumBlocks).f32(a.Eps).ptr(b.dev.errFlags())
-		smem := (qkvThreads/32 + 1) * hd * 4
-		return b.launch(kQKV, d1(n), d1(qkvThreads), smem)
+		// One warp per head (up to 32 warps): the heads' loads are in flight together.
+		threads := 32 * min(a.Heads+2*a.KVHeads, qkvMaxWarps)
+		smem := (threads/32 + 1) * hd * 4
+		return b.launch(kQKV, d1(n), d1(threads), smem)
 	})
 }
 
