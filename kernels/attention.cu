@@ -67,7 +67,7 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     __shared__ float red[NW][GMAX];
     __shared__ float stat[2][GMAX];
     __shared__ __align__(16) float accs[NW][GMAX][HD];
-    __shared__ float mst[2][GMAX];
+    __shared__ float mst[2][GMAX];  // merge: [1] = Σ_p weights
     __shared__ int is_last;
 
     const int kvh = blockIdx.x, s = blockIdx.y, p = blockIdx.z;
@@ -78,7 +78,8 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     if (qlen != 1) return;
     const int ctx = ctx_len[s];
     // ctx > nparts·part: the launch's context bound (MaxCtxLen) is below this sequence's context.
-    if (ctx < 1 || ctx > max_blocks * bs || ctx > nparts * part) {
+    // nparts > QVL_DECODE_MAX_PART: the merge's weights would not fit lg (the backend refuses it).
+    if (ctx < 1 || ctx > max_blocks * bs || ctx > nparts * part || nparts > QVL_DECODE_MAX_PART) {
         if (tid == 0) qvl_raise(err, QVL_ERR_ATTN_SEQ);
         return;
     }
@@ -267,29 +268,33 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     __syncthreads();
     if (!is_last) return;  // block-uniform
     __threadfence();
-    if (tid < g) {
-        const long long base = ((long long)row * heads + kvh * g + tid) * nparts;
-        // Not unrolled: the merge runs once per (sequence, KV head) and np is small; unrolled
-        // copies of expf would only make the PTX bigger (the driver JIT-compiles it).
+    // The merge reads every partition's (m, l) and output in parallel: warp w takes heads
+    // w, w+NW, ...; its lanes read the partitions' (m, l) side by side, reduce M and the weight
+    // sum with shuffles and leave each partition's weight e^{m_p−M}·l_p / Σ in lg (free now;
+    // np ≤ QVL_DECODE_MAX_PART because the backend keeps ctx ≤ 512 partitions of ≤ 512). A
+    // loop of one L2 read at a time per partition used to take ~20 µs at 16 partitions.
+    for (int gi = w; gi < g; gi += NW) {  // warp-uniform
+        const long long base = ((long long)row * heads + kvh * g + gi) * nparts;
         float m = -INFINITY;
-#pragma unroll 1
-        for (int pp = 0; pp < np; pp++) m = fmaxf(m, __ldcg(pml + 2 * (base + pp)));
+        for (int pp = lane; pp < np; pp += 32) m = fmaxf(m, __ldcg(pml + 2 * (base + pp)));
+        m = qvl_warp_max(m);
         float wsum = 0.f;
-#pragma unroll 1
-        for (int pp = 0; pp < np; pp++) wsum += expf(__ldcg(pml + 2 * (base + pp)) - m) * __ldcg(pml + 2 * (base + pp) + 1);
-        mst[0][tid] = m;
-        mst[1][tid] = wsum;
+        for (int pp = lane; pp < np; pp += 32) {
+            const float wp = expf(__ldcg(pml + 2 * (base + pp)) - m) * __ldcg(pml + 2 * (base + pp) + 1);
+            lg[gi][pp] = wp;
+            wsum += wp;
+        }
+        wsum = qvl_warp_sum(wsum);
+        if (lane == 0) mst[1][gi] = wsum;
     }
     __syncthreads();
     for (int i = tid; i < g * HD; i += QVL_DECODE_THREADS) {
         const int gi = i / HD, d = i % HD;
         const int h = kvh * g + gi;
         const long long base = ((long long)row * heads + h) * nparts;
-        const float m = mst[0][gi];
         float o = 0.f;
-#pragma unroll 1
-        for (int pp = 0; pp < np; pp++)
-            o += expf(__ldcg(pml + 2 * (base + pp)) - m) * __ldcg(pml + 2 * (base + pp) + 1) * __ldcg(pout + (base + pp) * HD + d);
+#pragma unroll 8
+        for (int pp = 0; pp < np; pp++) o += lg[gi][pp] * __ldcg(pout + (base + pp) * HD + d);
         const long long oi = ((long long)row * heads + h) * HD + d;
         const float v = o / mst[1][gi];
         out[oi] = v;

@@ -99,6 +99,9 @@ type Backend struct {
 	// copyGen is the generation of the activations' bf16 copies: a copy is current only if it
 	// was written in this generation (see copies.go).
 	copyGen uint64
+	// decodePart, when positive, replaces decodePartition's choice of the decode attention's
+	// partition (tokens): the GPU benchmark sweeps it.
+	decodePart int
 
 	xbf, embedInts, embedMid, part, partML, partDone scratch
 	topkK, topkIDs, topkVals, params, sampled        scratch

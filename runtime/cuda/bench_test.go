@@ -240,6 +240,7 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 			fmt.Sprintf("%.3f ms left to launch gaps and the host (napkin: 1.5–2.5 µs a launch)", float64(gap.Nanoseconds())/1e6))
 	}
 	gemmShapes(t, b, rep, shape, sz.vocab, sz.reps)
+	attentionShapes(t, b, rep, shape.Heads, shape.KVHeads, shape.HeadDim, bs, ctx, seqs, sz.reps)
 
 	// Sampling and top-k over 64 × 151936 logits.
 	{

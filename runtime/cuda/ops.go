@@ -377,6 +377,14 @@ func (b *Backend) Attention(out, q ml.Tensor, a ml.AttnArgs) error {
 			return nil
 		}
 		part, nparts := decodePartition(a.KVHeads, nb, maxCtx, b.info.sms)
+		if b.decodePart > 0 {
+			part = min(b.decodePart, decodeMaxPart)
+			nparts = (maxCtx + part - 1) / part
+		}
+		if nparts > decodeMaxPart {
+			// The kernel's merge keeps one weight per partition in a 512-entry array.
+			return fmt.Errorf("%s: context %d is above the decode kernel's %d tokens", op, maxCtx, decodeMaxPart*decodeMaxPart)
+		}
 		if nparts > 1 {
 			if err := b.ensure(&b.part, 4*n*a.Heads*nparts*hd); err != nil {
 				return err

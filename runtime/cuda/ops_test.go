@@ -218,48 +218,6 @@ var attnCases = []attnCase{
 	{name: "generic_group16", heads: 16, kv: 1, hd: 64, bs: 16, seqs: [][2]int{{1, 40}, {3, 10}}, tolerance: "Attention/decode"},
 }
 
-// runAttention lays out the sequences' pages in shuffled blocks, fills the cache with bf16
-// values (so that the CPU's f32 cache and the GPU's bf16 cache hold the same numbers) and runs
-// Attention.
-func runAttention(t *testing.T, bk ml.Backend, c attnCase, seed uint64) []float32 {
-	r := rand.New(rand.NewPCG(16, seed))
-	e := newEnv(t, bk)
-	maxBlocks, total, n, maxQ, maxCtx := 0, 0, 0, 0, 0
-	for _, s := range c.seqs {
-		need := (s[1] + c.bs - 1) / c.bs
-		maxBlocks = max(maxBlocks, need)
-		total += need
-		n += s[0]
-		maxQ, maxCtx = max(maxQ, s[0]), max(maxCtx, s[1])
-	}
-	maxBlocks += c.padCols
-	numBlocks := total + c.spareBlocks
-	perm := r.Perm(numBlocks)
-	tables := make([]int32, len(c.seqs)*maxBlocks)
-	seqStart := []int32{0}
-	ctxLen := make([]int32, len(c.seqs))
-	next := 0
-	for i, s := range c.seqs {
-		for j := 0; j < (s[1]+c.bs-1)/c.bs; j++ {
-			tables[i*maxBlocks+j] = int32(perm[next])
-			next++
-		}
-		seqStart = append(seqStart, seqStart[i]+int32(s[0]))
-		ctxLen[i] = int32(s[1])
-	}
-	layout := ml.KVLayout{NumBlocks: numBlocks, BlockSize: c.bs, KVHeads: c.kv, HeadDim: c.hd}
-	size := ml.NumElements(cpuShape(layout.Shape()))
-	k := e.in(bk.KVDType(), bf16Round(randn(r, size, 1)), layout.Shape()...)
-	v := e.in(bk.KVDType(), bf16Round(randn(r, size, 1)), layout.Shape()...)
-	q := e.in(ml.F32, randn(r, n*c.heads*c.hd, 1), n, c.heads*c.hd)
-	out := e.out(ml.F32, n, c.heads*c.hd)
-	a := ml.AttnArgs{K: k, V: v, SeqStart: e.in(ml.I32, seqStart, len(seqStart)), CtxLen: e.in(ml.I32, ctxLen, len(ctxLen)),
-		BlockTables: e.in(ml.I32, tables, len(c.seqs), maxBlocks), NumSeqs: len(c.seqs), Heads: c.heads, KVHeads: c.kv,
-		HeadDim: c.hd, Scale: float32(1 / math.Sqrt(float64(c.hd))), MaxQueryLen: maxQ, MaxCtxLen: maxCtx, Layout: layout}
-	require.NoError(t, bk.Attention(out, q, a))
-	return e.read(out)
-}
-
 // cpuShape wraps a shape as a tensor for ml.NumElements.
 type shapeOnly []int
 

@@ -1,0 +1,126 @@
+package cuda
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qvl-dev/qvl/runtime/ml"
+	"github.com/stretchr/testify/require"
+)
+
+// TestOpAttentionManyPartitions runs decode attention on an emulated device with the H100's
+// 132 SMs, where one sequence over one KV head splits into 32-token partitions: 47 of them at
+// context 1500, more than a warp's lanes, so that the merge's strided reads and its weights in
+// shared memory are covered (on the 4-SM emulation of the other tests a context splits ≤ 10 ways).
+func TestOpAttentionManyPartitions(t *testing.T) {
+	if os.Getenv("QVL_SKIP_SIM") != "" {
+		t.Skip("QVL_SKIP_SIM is set")
+	}
+	lib, skip, err := loadSim()
+	require.NoError(t, err)
+	if skip != "" {
+		t.Skip(skip)
+	}
+	b, err := newBackend(newSimDevice(lib, 132))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, b.Close()) })
+	part, n := decodePartition(1, 2, 1500, 132)
+	require.Equal(t, 32, part)
+	require.Equal(t, 47, n)
+	c := attnCase{name: "decode_many_parts", heads: 2, kv: 1, hd: 64, bs: 16, seqs: [][2]int{{1, 1500}, {1, 40}},
+		tolerance: "Attention/decode", spareBlocks: 2}
+	compare(t, "out", c.tolerance, runAttention(t, b, c, 99), runAttention(t, ref(), c, 99))
+}
+
+// runAttention runs Attention on attentionInputs and returns its output.
+func runAttention(t *testing.T, bk ml.Backend, c attnCase, seed uint64) []float32 {
+	e, out, q, a := attentionInputs(t, bk, c, seed)
+	require.NoError(t, bk.Attention(out, q, a))
+	return e.read(out)
+}
+
+// attentionInputs lays out the sequences' pages in shuffled blocks, fills the cache with bf16
+// values (so that the CPU's f32 cache and the GPU's bf16 cache hold the same numbers) and
+// returns Attention's operands.
+func attentionInputs(t testing.TB, bk ml.Backend, c attnCase, seed uint64) (e *env, out, q ml.Tensor, a ml.AttnArgs) {
+	r := rand.New(rand.NewPCG(16, seed))
+	e = newEnv(t, bk)
+	maxBlocks, total, n, maxQ, maxCtx := 0, 0, 0, 0, 0
+	for _, s := range c.seqs {
+		need := (s[1] + c.bs - 1) / c.bs
+		maxBlocks = max(maxBlocks, need)
+		total += need
+		n += s[0]
+		maxQ, maxCtx = max(maxQ, s[0]), max(maxCtx, s[1])
+	}
+	maxBlocks += c.padCols
+	numBlocks := total + c.spareBlocks
+	perm := r.Perm(numBlocks)
+	tables := make([]int32, len(c.seqs)*maxBlocks)
+	seqStart := []int32{0}
+	ctxLen := make([]int32, len(c.seqs))
+	next := 0
+	for i, s := range c.seqs {
+		for j := 0; j < (s[1]+c.bs-1)/c.bs; j++ {
+			tables[i*maxBlocks+j] = int32(perm[next])
+			next++
+		}
+		seqStart = append(seqStart, seqStart[i]+int32(s[0]))
+		ctxLen[i] = int32(s[1])
+	}
+	layout := ml.KVLayout{NumBlocks: numBlocks, BlockSize: c.bs, KVHeads: c.kv, HeadDim: c.hd}
+	size := ml.NumElements(cpuShape(layout.Shape()))
+	k := e.in(bk.KVDType(), bf16Round(randn(r, size, 1)), layout.Shape()...)
+	v := e.in(bk.KVDType(), bf16Round(randn(r, size, 1)), layout.Shape()...)
+	q = e.in(ml.F32, randn(r, n*c.heads*c.hd, 1), n, c.heads*c.hd)
+	out = e.out(ml.F32, n, c.heads*c.hd)
+	a = ml.AttnArgs{K: k, V: v, SeqStart: e.in(ml.I32, seqStart, len(seqStart)), CtxLen: e.in(ml.I32, ctxLen, len(ctxLen)),
+		BlockTables: e.in(ml.I32, tables, len(c.seqs), maxBlocks), NumSeqs: len(c.seqs), Heads: c.heads, KVHeads: c.kv,
+		HeadDim: c.hd, Scale: float32(1 / math.Sqrt(float64(c.hd))), MaxQueryLen: maxQ, MaxCtxLen: maxCtx, Layout: layout}
+	return e, out, q, a
+}
+
+// attentionShapes times decode attention of shape alone (one layer, context ctx, bf16 cache in
+// pages of bs) at batch 1 and batch seqs, with the backend's own partition and with each fixed
+// partition from 32 to 512 tokens, against the cache bytes at 3.0 TB/s.
+func attentionShapes(t *testing.T, b *Backend, rep *benchReport, heads, kv, hd, bs, ctx, seqs, reps int) {
+	for _, batch := range []int{1, seqs} {
+		c := attnCase{heads: heads, kv: kv, hd: hd, bs: bs}
+		for i := 0; i < batch; i++ {
+			c.seqs = append(c.seqs, [2]int{1, ctx})
+		}
+		_, out, q, a := attentionInputs(t, b, c, 7)
+		floor := float64(2*batch*ctx*kv*hd*2) / h100CopyBytesPerSec
+		for _, part := range []int{0, 32, 64, 128, 256, 512} {
+			b.decodePart = part
+			require.NoError(t, b.Attention(out, q, a)) // warm-up
+			b.ResetProfile()
+			require.NoError(t, b.Hold(5*time.Millisecond))
+			b.SetProfiling(true)
+			for i := 0; i < reps; i++ {
+				require.NoError(t, b.Attention(out, q, a))
+			}
+			prof := b.Profile()
+			b.SetProfiling(false)
+			var gt time.Duration
+			for _, o := range prof {
+				if strings.HasPrefix(o.Name, "qvl_attn_decode") {
+					gt = o.Total / time.Duration(o.Calls)
+				}
+			}
+			label := fmt.Sprint(part)
+			if part == 0 {
+				p, _ := decodePartition(kv, batch, ctx, b.info.sms)
+				label = fmt.Sprintf("auto = %d", p)
+			}
+			rep.add(fmt.Sprintf("  attn decode %d × ctx %d, part %s", batch, ctx, label), float64(gt.Nanoseconds())/1e3, "µs", "",
+				fmt.Sprintf("%.1f µs for %.1f MB of cache: %.0f%% of 3.0 TB/s", floor*1e6, floor*h100CopyBytesPerSec/1e6, 100*floor/gt.Seconds()))
+		}
+		b.decodePart = 0
+	}
+}
