@@ -19,7 +19,8 @@
 # reference is the slowest step, and the deadline should cut that rather than the benchmark).
 # Each step has a time limit and the whole run a deadline ($QVL_GPU_CHECK_BUDGET seconds,
 # default 470, so that it ends within 8 minutes); a step that fails or times out does not stop
-# the others. Full logs go to OUTDIR; a short table is printed last. Exit status 1 if any step
+# the others. With QVL_GPU_NCU=1, Nsight Compute reads the decode attention kernel's counters.
+# Full logs go to OUTDIR; a short table is printed last. Exit status 1 if any step
 # failed. Run it from anywhere inside the repository checkout.
 set -uo pipefail
 
@@ -103,6 +104,10 @@ summary() {
 	bench)
 		echo "$(grep -c '^BENCH | [a-z]' "$log") results (table below)$(grep -m1 -E 'Error:|no GPU' "$log" | sed 's/^ */; /')"
 		;;
+	ncu-*)
+		grep -E '^ +(Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per Thread) ' "$log" |
+			awk '{$1=$1; print}' | paste -sd';' - || true
+		;;
 	esac
 }
 
@@ -143,6 +148,18 @@ if have cuda.test bench; then
 		"$bin/cuda.test" -test.v -test.timeout 190s -test.run 'TestGPUBenchmark'
 	step e2e-2b 200 "$root/runtime/cuda" env QVL_SYNTH_2B="$synthdir" "$bin/cuda.test" -test.v -test.timeout 190s \
 		-test.run 'TestGPUSynth2BMixedRequests'
+fi
+
+# Optional (QVL_GPU_NCU=1): Nsight Compute's counters for the decode attention kernel at batch 1
+# and batch 64 (context 512, the backend's own partition), from TestGPUAttentionShapes: launch 1
+# is batch 1's first timed call; 127 is batch 64's (six partitions × 21 launches at batch 1 first).
+ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)
+if [[ -n ${QVL_GPU_NCU:-} && -n $ncu ]] && have cuda.test ncu-attn; then
+	for skip in 1 127; do
+		step "ncu-attn-$skip" 90 "$root/runtime/cuda" env QVL_BENCH=1 "$ncu" -k regex:qvl_attn_decode --launch-skip "$skip" \
+			--launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+			--section MemoryWorkloadAnalysis "$bin/cuda.test" -test.run 'TestGPUAttentionShapes' -test.timeout 80s
+	done
 fi
 
 echo

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qvl-dev/qvl/loader/synth"
 	"github.com/qvl-dev/qvl/runtime/ml"
 	"github.com/stretchr/testify/require"
 )
@@ -123,4 +124,17 @@ func attentionShapes(t *testing.T, b *Backend, rep *benchReport, heads, kv, hd, 
 		}
 		b.decodePart = 0
 	}
+}
+
+// TestGPUAttentionShapes runs attentionShapes alone on the 2B's attention shape (no checkpoint
+// needed): scripts/gpu-check.sh runs it under Nsight Compute (ncu) to read the decode kernel's
+// hardware counters. It runs only when QVL_BENCH is set (and a GPU is present).
+func TestGPUAttentionShapes(t *testing.T) {
+	if os.Getenv("QVL_BENCH") == "" {
+		t.Skip("set QVL_BENCH=1 to run the GPU benchmark")
+	}
+	b := gpuBackend(t)
+	shape := synth.Shapes["qwen3-vl-2b"]
+	rep := &benchReport{t: t, dev: b.Name()}
+	attentionShapes(t, b, rep, shape.Heads, shape.KVHeads, shape.HeadDim, issue6.bs, issue6.ctx, issue6.seqs, issue6.reps)
 }
