@@ -185,3 +185,17 @@ func BenchmarkSampleVocab(b *testing.B) {
 		})
 	}
 }
+
+// TestDrawAllNaN: a row of NaN logits (a model gone bad) draws token 0 under every filter
+// instead of panicking in the engine's loop.
+func TestDrawAllNaN(t *testing.T) {
+	row := make([]float32, 7)
+	for i := range row {
+		row[i] = float32(math.NaN())
+	}
+	var d Drawer
+	for _, p := range []Params{{}, {Temperature: 1}, {Temperature: 1, TopK: 3}, {Temperature: 1, TopP: 0.5},
+		{Temperature: 1, MinP: 0.1}, {Temperature: 0.7, TopK: 20, TopP: 0.8, MinP: 0.05}} {
+		require.Equal(t, int32(0), d.Draw(row, p.Temperature, p.TopK, p.TopP, p.MinP, 0.5), "%+v", p)
+	}
+}

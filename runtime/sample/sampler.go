@@ -348,6 +348,10 @@ func (d *Drawer) sampleFiltered(row []float32, temperature float32, topK int, to
 		}
 		cand = d.cand
 	}
+	if len(cand) == 0 {
+		// Every logit is NaN: nothing can be drawn; token 0, as argmax and the kernels give.
+		return argmax(row)
+	}
 	// Top-p: the shortest prefix whose mass reaches topP of the top-k distribution.
 	keep, acc := len(cand), 0.0
 	probs := d.probs[:0]
