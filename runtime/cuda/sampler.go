@@ -25,8 +25,10 @@ func (b *Backend) checkLogits(op string, logits ml.Tensor) (int, int, error) {
 	return s[0], s[1], nil
 }
 
-// TopK implements ml.DeviceSampler with qvl_topk (kernels/sampling.cu): per row a radix
-// select of the k[r]-th largest logit, the winners sorted best first (ties: lower id first).
+// TopK implements ml.DeviceSampler with qvl_topk (kernels/sampling.cu): per row the entries
+// above a bound of the k[r]-th largest logit (the k[r]-th largest of 1024 thread maxes) sorted in
+// shared memory, or an exact radix select when too many pass the bound; the winners best first
+// (ties: lower id first).
 // maxK is at most MaxTopK. Rows with fewer than k[r] non-NaN logits end with id −1 and −inf.
 func (b *Backend) TopK(logits ml.Tensor, k []int, maxK int, ids []int32, vals []float32) error {
 	const op = "TopK"

@@ -46,6 +46,14 @@ func logitRow(r *rand.Rand, kind string, v int) []float32 {
 				row[i] = float32(r.NormFloat64())
 			}
 		}
+	case "striped": // normal, but the best 4 of every 4096 ids are far above the rest: the row's
+		// best entries crowd into a few threads of the kernels' 16-byte layout
+		for i := range row {
+			row[i] = float32(3 * r.NormFloat64())
+			if i%4096 < 4 {
+				row[i] = float32(40 - i/4096 - i%4096)
+			}
+		}
 	case "sparse": // only 200 numbers, the rest NaN
 		for i := range row {
 			row[i] = float32(math.NaN())
@@ -63,9 +71,11 @@ func TestTopK(t *testing.T) {
 	rows := []struct {
 		kind string
 		k    int
-	}{{"peaked", 1}, {"ties", 7}, {"nan", 64}, {"peaked", 0}, {"flat", 1024}, {"sparse", 300}, {"ties", 1000}}
+	}{{"peaked", 1}, {"ties", 7}, {"nan", 64}, {"peaked", 0}, {"flat", 1024}, {"sparse", 300}, {"ties", 1000},
+		{"peaked", 50}, {"striped", 50}, {"peaked", 700}, {"flat", 20}, {"nan", 1024}}
 	forEachCUDA(t, func(t *testing.T, b *Backend, gpu bool) {
-		vs := []int{3001}
+		// 9001 gives each thread of the 1024 several 16-byte loads; odd sizes misalign rows.
+		vs := []int{3001, 9001}
 		if gpu {
 			vs = append(vs, 151936)
 		}
@@ -97,6 +107,54 @@ func TestTopK(t *testing.T) {
 					}
 				}
 			})
+		}
+	})
+}
+
+// TestTopKSmallRows covers rows shorter than one 16-byte load and rows whose start is not
+// 16-byte aligned, where the head and tail entries are read one by one.
+func TestTopKSmallRows(t *testing.T) {
+	forEachCUDA(t, func(t *testing.T, b *Backend, gpu bool) {
+		for _, v := range []int{1, 2, 3, 5, 6, 7, 9, 13} {
+			r := rand.New(rand.NewPCG(23, uint64(v)))
+			const rows = 5
+			var logits []float32
+			for range rows {
+				logits = append(logits, logitRow(r, "nan", v)...)
+			}
+			ks := []int{1, v, v + 1, 2, 0}
+			e := newEnv(t, b)
+			lt := e.in(ml.F32, logits, rows, v)
+			const maxK = 16
+			ids := make([]int32, rows*maxK)
+			vals := make([]float32, rows*maxK)
+			require.NoError(t, b.TopK(lt, ks, maxK, ids, vals))
+			for i, k := range ks {
+				want := sample.TopKRow(nil, logits[i*v:(i+1)*v], k)
+				for j := 0; j < k; j++ {
+					if j >= len(want) {
+						require.Equal(t, int32(-1), ids[i*maxK+j], "V %d row %d entry %d past the non-NaN logits", v, i, j)
+						continue
+					}
+					require.Equal(t, want[j].ID, ids[i*maxK+j], "V %d row %d (k %d) entry %d", v, i, k, j)
+					require.Equal(t, want[j].Value, vals[i*maxK+j], "V %d row %d entry %d", v, i, j)
+				}
+			}
+			// Sampling on peaked rows (the reference needs a non-NaN logit in a filtered row).
+			var peaked []float32
+			for range rows {
+				peaked = append(peaked, logitRow(r, "peaked", v)...)
+			}
+			pt := e.in(ml.F32, peaked, rows, v)
+			p := make([]ml.SampleParams, rows)
+			for i := range p {
+				p[i] = ml.SampleParams{Temperature: 1, TopK: []int{0, 2, 3, 1, 20}[i], TopP: 0.9, Uniform: r.Float64()}
+			}
+			out := make([]int32, rows)
+			require.NoError(t, b.Sample(pt, p, out))
+			for i := range p {
+				require.Equal(t, refSample(peaked[i*v:(i+1)*v], p[i]), out[i], "V %d row %d (%+v)", v, i, p[i])
+			}
 		}
 	})
 }
@@ -163,6 +221,51 @@ func TestSample(t *testing.T) {
 					}
 				}
 			})
+		}
+	})
+}
+
+// TestSampleFullVocab runs a few rows at Qwen's vocabulary size on the emulation too: the rows
+// of the issue 6 benchmark (top-k 20 + top-p 0.8, top-k 50), and the row that f32 weights got
+// wrong on the H100 (TestSample/gpu/V151936, round 2 row 8: a min-p cut through a flat row,
+// where two tokens' f32 weights rounded up to min_p).
+func TestSampleFullVocab(t *testing.T) {
+	forEachCUDA(t, func(t *testing.T, b *Backend, gpu bool) {
+		skipShortSim(t, gpu)
+		const v = 151936
+		// The flat row: TestSample's row 8 at V151936, drawn from the same stream.
+		kinds := []string{"peaked", "ties", "peaked", "nan", "peaked", "peaked", "peaked", "flat", "flat"}
+		r := rand.New(rand.NewPCG(22, v))
+		var flat []float32
+		for _, k := range kinds {
+			flat = logitRow(r, k, v)
+		}
+		r = rand.New(rand.NewPCG(24, v))
+		logits := append(flat, logitRow(r, "peaked", v)...)
+		logits = append(logits, logitRow(r, "peaked", v)...)
+		logits = append(logits, logitRow(r, "striped", v)...)
+		p := []ml.SampleParams{
+			{Temperature: 1, MinP: 0.96, Uniform: 0.9244361482514584},
+			{Temperature: 0.7, TopK: 20, TopP: 0.8, Uniform: r.Float64()},
+			{Temperature: 1, TopK: 50, MinP: 0.05, Uniform: r.Float64()},
+			{Temperature: 1, TopK: 40, TopP: 0.95, Uniform: r.Float64()},
+		}
+		e := newEnv(t, b)
+		lt := e.in(ml.F32, logits, len(p), v)
+		out := make([]int32, len(p))
+		require.NoError(t, b.Sample(lt, p, out))
+		for i := range p {
+			require.Equal(t, refSample(logits[i*v:(i+1)*v], p[i]), out[i], "row %d (%+v)", i, p[i])
+		}
+		ks := []int{50, 20, 1, 50}
+		ids, vals := make([]int32, len(ks)*64), make([]float32, len(ks)*64)
+		require.NoError(t, b.TopK(lt, ks, 64, ids, vals))
+		for i, k := range ks {
+			want := sample.TopKRow(nil, logits[i*v:(i+1)*v], k)
+			for j := range want {
+				require.Equal(t, want[j].ID, ids[i*64+j], "row %d entry %d", i, j)
+				require.Equal(t, want[j].Value, vals[i*64+j], "row %d entry %d", i, j)
+			}
 		}
 	})
 }

@@ -79,6 +79,28 @@ inline T from_bits(uint64_t b) {
 
 void check_mask(unsigned mask);
 
+// ── embed.cu's sm_80 primitives (cp.async groups, ldmatrix) ─────────────────────────────────
+// cp_async16 is cp.async.cg.shared.global of 16 bytes with src_bytes of them read (the rest
+// zero-filled; 0 reads nothing). Both addresses must be 16-byte aligned, as on the GPU. The
+// source is read at issue; the shared-memory write lands, chosen per copy by a fixed hash of
+// the copy's sequence number, either at issue (the earliest the hardware may write it: a
+// missing barrier before a stage is refilled shows) or only when the issuing thread's
+// cp_async_wait retires its group (the latest: a missing wait shows). cp_async_commit closes
+// the thread's open group (possibly empty); cp_async_wait(n) lands every group but the newest n.
+// A thread that exits with copies still pending is an error. The visibility rules are checked
+// per 16-byte chunk (sim.cc, CpChunk): ldmatrix may read a chunk only after its copy was
+// waited for and, for another thread than the issuer, a __syncthreads followed the wait; a
+// cp.async may not target a chunk that another warp read since the last __syncthreads or
+// that a pending copy targets.
+void cp_async16(void* dst, const void* src, int src_bytes);
+void cp_async_commit();
+void cp_async_wait(int n);
+// ldmatrix_x4 is ldmatrix.sync.aligned.m8n8.x4.shared.b16: lanes 8j .. 8j+7 give the addresses
+// of the 8 rows (16 bytes each, 16-byte aligned) of matrix j; every lane receives r[j] = the
+// 32-bit word (lane%4) of row lane/4 of matrix j. Warp-synchronous.
+void ldmatrix_x4(unsigned* r, const void* row_addr);
+// ── end of embed.cu's primitives ──────────────────────────────────────────────────────────────
+
 }  // namespace qvlsim
 
 #define QVL_REGISTER(name) static qvlsim::Registrar qvl_reg_##name(#name, qvlsim::make_invoker(name));
@@ -212,6 +234,18 @@ inline T atomicCAS(T* p, T cmp, T v) {
     if (old == cmp) *p = v;
     return old;
 }
+
+// ── sampling.cu's primitives ──────────────────────────────────────────────────────────────────
+namespace qvlsim {
+// check_align16 reports a 16-byte vector load (float4, uint4) from an address that is not
+// 16-byte aligned, which faults on the GPU.
+void check_align16(const void* p);
+// syncthreads_count is bar.red.popc: a block barrier that returns to every thread the number of
+// the block's threads that arrived with pred != 0.
+int syncthreads_count(int pred);
+}  // namespace qvlsim
+inline int __syncthreads_count(int pred) { return qvlsim::syncthreads_count(pred); }
+// ── end of sampling.cu's primitives ───────────────────────────────────────────────────────────
 
 #ifndef INFINITY
 #define INFINITY (__builtin_inff())

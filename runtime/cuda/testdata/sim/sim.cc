@@ -68,6 +68,61 @@ void fail(const std::string& msg) {
     if (g_error.empty()) g_error = msg;
 }
 
+// ── embed.cu's primitives: the cp.async state of each thread of the running block ──────────
+struct CpCopy {
+    unsigned char* dst;
+    unsigned char bytes[16];
+    bool early;  // landed at issue
+};
+struct CpThread {
+    std::vector<CpCopy> open;                 // issued since the last commit
+    std::vector<std::vector<CpCopy>> groups;  // committed, oldest first
+};
+CpThread g_cp[kMaxThreads];
+uint64_t g_cp_seq;  // copies issued since the library loaded (the landing choice hashes it)
+
+// The visibility rules of cp.async, checked per 16-byte chunk of shared memory that cp.async
+// writes (ldmatrix reads the same chunks): a chunk may be read by ldmatrix only after its
+// copy's group was retired by the issuing thread's wait and, unless the issuer reads it
+// itself, a __syncthreads completed after that wait; a chunk may be the target of a new
+// copy only when no other warp read it since the last __syncthreads, and no copy to it is
+// still pending. Barrier epochs are g_block_bar.gen.
+struct CpChunk {
+    int issuer = -1;         // thread of the latest copy
+    bool pending = false;    // its group not yet retired
+    unsigned retired = 0;    // epoch of the wait that retired it
+    unsigned read_gen = 0;   // epoch of the reads in readers
+    unsigned readers = 0;    // warps that read it in epoch read_gen
+};
+std::map<uintptr_t, CpChunk> g_cp_chunks;
+
+void cp_land(const CpCopy& c) { std::memcpy(c.dst, c.bytes, 16); }
+
+void yield();
+
+// cp_fail reports a broken rule and stops the thread here (the scheduler ends the launch), so
+// that it does not run on with the values of a broken protocol.
+void cp_fail(const char* msg) {
+    fail(msg);
+    yield();
+}
+
+bool cp_pending(int lin) {
+    if (!g_cp[lin].open.empty()) return true;
+    for (const auto& g : g_cp[lin].groups)
+        if (!g.empty()) return true;
+    return false;
+}
+
+void cp_reset(int n) {
+    for (int i = 0; i < n; i++) {
+        g_cp[i].open.clear();
+        g_cp[i].groups.clear();
+    }
+    g_cp_chunks.clear();
+}
+// ── end of embed.cu's primitives ─────────────────────────────────────────────────────────────
+
 void yield() {
     if (_setjmp(g_fibers[g_cur].jb) == 0) _longjmp(g_sched, 1);
 }
@@ -85,6 +140,7 @@ void fiber_main() {
     if (g_warp_bar[f.lin / 32].arrived > 0) {
         fail("a lane exited while others of its warp wait at a warp-synchronous operation");
     }
+    if (cp_pending(f.lin)) fail("a thread exited with cp.async copies not waited for");  // embed.cu's primitives
     _longjmp(g_sched, 1);
 }
 
@@ -196,6 +252,109 @@ void mma_bf16_16816(float* d, const unsigned* a, const unsigned* b) {
 
 unsigned char* dyn_smem() { return g_dyn.data(); }
 
+// ── embed.cu's primitives (see qvl_sim.h) ─────────────────────────────────────────────────────
+void cp_async16(void* dst, const void* src, int src_bytes) {
+    if (((uintptr_t)dst & 15) != 0 || ((uintptr_t)src & 15) != 0) {
+        cp_fail("cp.async of 16 bytes with an address that is not 16-byte aligned");
+        return;
+    }
+    if (src_bytes < 0 || src_bytes > 16) {
+        cp_fail("cp.async src_bytes outside [0, 16]");
+        return;
+    }
+    const int lin = g_fibers[g_cur].lin;
+    CpChunk& ch = g_cp_chunks[(uintptr_t)dst];
+    if (ch.pending) {
+        cp_fail("cp.async to shared memory that an earlier cp.async (not yet waited for) also targets");
+        return;
+    }
+    if (ch.read_gen == g_block_bar.gen && (ch.readers & ~(1u << (lin / 32))) != 0u) {
+        cp_fail("cp.async overwrites shared memory that another warp read since the last __syncthreads");
+        return;
+    }
+    ch.issuer = lin;
+    ch.pending = true;
+    CpCopy c;
+    c.dst = static_cast<unsigned char*>(dst);
+    std::memset(c.bytes, 0, 16);
+    if (src_bytes > 0) std::memcpy(c.bytes, src, (size_t)src_bytes);
+    uint64_t h = ++g_cp_seq * 0x9e3779b97f4a7c15ull;  // splitmix64's finaliser: which end of the window
+    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+    h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+    h ^= h >> 31;
+    c.early = (h & 1) != 0;
+    if (c.early) cp_land(c);  // lands at issue; the group still holds it until the wait
+    g_cp[lin].open.push_back(c);
+}
+
+void cp_async_commit() {
+    CpThread& t = g_cp[g_fibers[g_cur].lin];
+    t.groups.push_back(std::move(t.open));
+    t.open.clear();
+}
+
+void cp_async_wait(int n) {
+    CpThread& t = g_cp[g_fibers[g_cur].lin];
+    const size_t keep = n < 0 ? 0 : (size_t)n;
+    size_t land = t.groups.size() > keep ? t.groups.size() - keep : 0;
+    for (size_t i = 0; i < land; i++)
+        for (const CpCopy& c : t.groups[i]) {
+            if (!c.early) cp_land(c);
+            CpChunk& ch = g_cp_chunks[(uintptr_t)c.dst];
+            ch.pending = false;
+            ch.retired = g_block_bar.gen;
+        }
+    t.groups.erase(t.groups.begin(), t.groups.begin() + (long)land);
+}
+
+void ldmatrix_x4(unsigned* r, const void* row_addr) {
+    if (((uintptr_t)row_addr & 15) != 0) cp_fail("ldmatrix row address not 16-byte aligned");
+    const int lane = lane_id(), lin = g_fibers[g_cur].lin;
+    auto it = g_cp_chunks.find((uintptr_t)row_addr);
+    if (it != g_cp_chunks.end()) {
+        CpChunk& ch = it->second;
+        if (ch.pending) cp_fail("ldmatrix reads shared memory whose cp.async was not waited for");
+        else if (ch.issuer != lin && ch.retired == g_block_bar.gen)
+            cp_fail("ldmatrix reads shared memory that another thread's cp.async wrote, with no __syncthreads after its wait");
+        if (ch.read_gen != g_block_bar.gen) {
+            ch.read_gen = g_block_bar.gen;
+            ch.readers = 0;
+        }
+        ch.readers |= 1u << (lin / 32);
+    }
+    for (int j = 0; j < 4; j++) {
+        const uint64_t a = warp_exchange((uint64_t)(uintptr_t)row_addr, 8 * j + lane / 4);
+        if (!g_error.empty()) {
+            r[j] = 0;
+            continue;
+        }
+        std::memcpy(&r[j], (const unsigned char*)(uintptr_t)a + 4 * (lane % 4), 4);
+    }
+}
+// ── end of embed.cu's primitives ─────────────────────────────────────────────────────────────
+
+// ── sampling.cu's primitives (see qvl_sim.h) ──────────────────────────────────────────────────
+void check_align16(const void* p) {
+    if (((uintptr_t)p & 15) != 0) fail("a 16-byte vector load from an address that is not 16-byte aligned");
+}
+
+// The count of a generation of the block barrier is published by its last arrival into a slot
+// that lives two generations, so a thread released early cannot overwrite it before the others
+// read it (the next generation cannot complete without them).
+static int g_count_acc;
+static int g_count_res[2];
+
+int syncthreads_count(int pred) {
+    Barrier& b = g_block_bar;
+    const unsigned my = b.gen;
+    if (b.arrived == 0) g_count_acc = 0;
+    if (pred) g_count_acc++;
+    if (b.arrived + 1 >= g_live) g_count_res[my & 1] = g_count_acc;
+    wait_barrier(b, g_live);
+    return g_count_res[my & 1];
+}
+// ── end of sampling.cu's primitives ──────────────────────────────────────────────────────────
+
 namespace {
 
 // run_block runs one block of the current launch to completion; false on an emulation error.
@@ -208,6 +367,7 @@ bool run_block() {
         g_warp_bar[w] = Barrier{};
     }
     g_block_bar = Barrier{};
+    cp_reset(n);  // embed.cu's primitives
     // CUDA leaves dynamic shared memory uninitialised: poison it so that reads before writes show.
     std::memset(g_dyn.data(), 0xff, g_dyn.size());
     for (int i = 0; i < n; i++) {
