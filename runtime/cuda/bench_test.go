@@ -374,13 +374,14 @@ func profileDecode(t *testing.T, b *Backend, m *model.Model, r *rand.Rand, seqs 
 	return total / profSteps, float64(calls) / profSteps
 }
 
-// gemmShapes times the GEMMs of one decoder layer and the LM head (vocab rows) of shape at 1
-// and 64 rows (bf16 weights, x already bf16 as in a decode step), reps times each, against
-// their weight bytes at 3.0 TB/s: the GEMV efficiency that kernels/README.md's napkin math
-// assumes.
+// gemmShapes times the GEMMs of one decoder layer and the LM head (vocab rows) of shape (bf16
+// weights, x already bf16 as in a decode step), reps times each, against their weight bytes at
+// 3.0 TB/s: at 1, 4 and 8 rows with qvl_gemv (what MatMul runs there) and with cuBLASLt beside
+// it (QVL_CUDA_GEMV=0's path), and at 64 rows with cuBLASLt.
 func gemmShapes(t *testing.T, b *Backend, rep *benchReport, shape synth.Shape, vocab, reps int) {
 	h, hd := shape.Hidden, shape.HeadDim
 	e := newEnv(t, b)
+	defer gemvOff.Store(gemvOff.Load())
 	for _, g := range []struct {
 		name string
 		m, k int
@@ -393,26 +394,36 @@ func gemmShapes(t *testing.T, b *Backend, rep *benchReport, shape synth.Shape, v
 	} {
 		w, err := b.Weight(ml.BF16, []int{g.m, g.k}, make([]byte, 2*g.m*g.k)) // values do not change a GEMM's time
 		require.NoError(t, err)
-		for _, n := range []int{1, 64} {
+		floor := float64(2*g.m*g.k) / h100CopyBytesPerSec
+		for _, n := range []int{1, 4, 8, 64} {
 			x := e.in(ml.F32, make([]float32, n*g.k), n, g.k)
 			y := e.out(ml.F32, n, g.m)
 			// A producer's bf16 copy of x, as in a decode step: time the GEMM alone.
 			nw := e.weight(ml.F32, make([]float32, g.k), g.k)
 			require.NoError(t, b.RMSNorm(x, x, nw, 1e-6))
-			require.NoError(t, b.MatMul(y, x, w)) // warm-up: cuBLASLt's plan
-			b.ResetProfile()
-			require.NoError(t, b.Hold(5*time.Millisecond)) // the GEMMs run back to back (profile.go)
-			b.SetProfiling(true)
-			for i := 0; i < reps; i++ {
-				require.NoError(t, b.MatMul(y, x, w))
+			for _, gemv := range []bool{true, false} {
+				if gemv && n > gemvMaxRows {
+					continue
+				}
+				gemvOff.Store(!gemv)
+				name, label := "cublasLt gemm bf16", "cuBLASLt"
+				if gemv {
+					name, label = fmt.Sprintf("qvl_gemv_m%d", n), "qvl_gemv"
+				}
+				require.NoError(t, b.MatMul(y, x, w)) // warm-up: cuBLASLt's plan
+				b.ResetProfile()
+				require.NoError(t, b.Hold(5*time.Millisecond)) // the GEMMs run back to back (profile.go)
+				b.SetProfiling(true)
+				for i := 0; i < reps; i++ {
+					require.NoError(t, b.MatMul(y, x, w))
+				}
+				prof := b.Profile()
+				b.SetProfiling(false)
+				gt := kernelTime(prof, name)
+				require.Positive(t, gt, "the GEMM of %s at %d rows ran as %s (a conversion would show as qvl_f32_to_bf16)", g.name, n, name)
+				rep.add(fmt.Sprintf("  gemm %s, %d × %d → %d (%s)", g.name, n, g.k, g.m, label), float64(gt.Nanoseconds())/1e3, "µs", "",
+					fmt.Sprintf("%.1f µs for %.1f MB of weights: %.0f%% of 3.0 TB/s", floor*1e6, float64(2*g.m*g.k)/1e6, 100*floor/gt.Seconds()))
 			}
-			prof := b.Profile()
-			b.SetProfiling(false)
-			gt := kernelTime(prof, "cublasLt gemm bf16")
-			require.Positive(t, gt, "the GEMM of %s was profiled (a conversion would show as qvl_f32_to_bf16)", g.name)
-			floor := float64(2*g.m*g.k) / h100CopyBytesPerSec
-			rep.add(fmt.Sprintf("  gemm %s, %d × %d → %d", g.name, n, g.k, g.m), float64(gt.Nanoseconds())/1e3, "µs", "",
-				fmt.Sprintf("%.1f µs for %.1f MB of weights: %.0f%% of 3.0 TB/s", floor*1e6, float64(2*g.m*g.k)/1e6, 100*floor/gt.Seconds()))
 		}
 		b.Free(w)
 	}

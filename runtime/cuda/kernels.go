@@ -33,6 +33,14 @@ const (
 	kPrefill32
 	kPrefill64
 	kPrefill128
+	kGemv1 // qvl_gemv_m1 … qvl_gemv_m8: kGemv1 + rows − 1 (gemv.go)
+	kGemv2
+	kGemv3
+	kGemv4
+	kGemv5
+	kGemv6
+	kGemv7
+	kGemv8
 	kDecodeFirst // the decode variants follow, in decodeVariants order
 )
 
@@ -70,6 +78,14 @@ var kernelTable = func() []kernelSpec {
 		kPrefill32:   {name: "qvl_attn_prefill_hd32", sig: sigPrefill, smem: prefillSmem},
 		kPrefill64:   {name: "qvl_attn_prefill_hd64", sig: sigPrefill, smem: prefillSmem},
 		kPrefill128:  {name: "qvl_attn_prefill_hd128", sig: sigPrefill, smem: prefillSmem},
+		kGemv1:       {name: "qvl_gemv_m1", sig: "pppii"},
+		kGemv2:       {name: "qvl_gemv_m2", sig: "pppii"},
+		kGemv3:       {name: "qvl_gemv_m3", sig: "pppii"},
+		kGemv4:       {name: "qvl_gemv_m4", sig: "pppii"},
+		kGemv5:       {name: "qvl_gemv_m5", sig: "pppii"},
+		kGemv6:       {name: "qvl_gemv_m6", sig: "pppii"},
+		kGemv7:       {name: "qvl_gemv_m7", sig: "pppii"},
+		kGemv8:       {name: "qvl_gemv_m8", sig: "pppii"},
 	}
 	for _, hd := range decodeHeadDims {
 		for _, g := range decodeGroups {

@@ -105,8 +105,9 @@ func (b *Backend) EmbedProject(out ml.Tensor, a ml.EmbedArgs) error {
 	})
 }
 
-// MatMul implements ml.Backend: x rounded to bf16 is multiplied by a bf16 w with cuBLASLt (f32
-// accumulation); an f32 w takes an f32 GEMM on x as it is. The bf16 x is the copy its producer
+// MatMul implements ml.Backend: x rounded to bf16 is multiplied by a bf16 w (f32 accumulation)
+// with qvl_gemv when x has at most gemvMaxRows rows (decode steps; gemv.go) and with cuBLASLt
+// otherwise; an f32 w takes an f32 GEMM on x as it is. The bf16 x is the copy its producer
 // wrote (copies.go) when that is current, else qvl_f32_to_bf16 makes it in a scratch buffer.
 func (b *Backend) MatMul(out, x, w ml.Tensor) error {
 	if err := ml.CheckMatMul(out, x, w); err != nil {
@@ -130,7 +131,7 @@ func (b *Backend) MatMul(out, x, w ml.Tensor) error {
 			return b.linear(n, m, k, false, ptr(x), ptr(w), ptr(out))
 		}
 		if ok {
-			return b.linear(n, m, k, true, xc, ptr(w), ptr(out))
+			return b.matmulBF16(n, m, k, xc, ptr(w), ptr(out))
 		}
 		if err := b.ensure(&b.xbf, 2*n*k); err != nil {
 			return err
@@ -138,7 +139,7 @@ func (b *Backend) MatMul(out, x, w ml.Tensor) error {
 		if err := b.convertBF16(ptr(x), b.xbf.p, n*k); err != nil {
 			return err
 		}
-		return b.linear(n, m, k, true, b.xbf.p, ptr(w), ptr(out))
+		return b.matmulBF16(n, m, k, b.xbf.p, ptr(w), ptr(out))
 	})
 }
 
