@@ -10,15 +10,20 @@
 // per-row source map, so every row is written once and the result does not depend on timing.
 //
 // Phases of the persistent launch (grid ≤ the co-resident block count, block 256 threads):
-//   A  init the source map and the (e, k) → rows lists                 ─ grid barrier
+//   A  init the source map and the (e, k) → rows lists; custom rounded to bf16 (cbf)   ─ grid barrier
 //   B  atomicMax the winners; push each custom row on the list of its (e, k);
-//      GEMM1 tiles: mid[e, :] = bf16(gelu(custom[e, :]·fc1ᵀ + b1))       ─ grid barrier
-//   C  GEMM2 tiles: Y = mid·fc2ᵀ + b2, each element scattered to the rows that take it;
-//      text and visual rows copied.
-// A step without visual or custom rows runs phase C's copies only (no barrier). Both GEMMs use
-// 64×128 output tiles on mma.sync m16n8k16 (bf16 in, f32 accumulate), 8 warps of 32×32, K tiles
-// of 32 staged through shared memory; custom (f32) is rounded to bf16 as it is staged, and mid
-// is stored in bf16, as MatMul rounds its activations.
+//      GEMM1 tiles: mid[e, :] = bf16(gelu(cbf[e, :]·fc1ᵀ + b1))                       ─ grid barrier
+//   C  GEMM2 tiles: Y = mid·fc2ᵀ + b2, each tile staged in shared memory and its rows
+//      scattered (coalesced) to the rows that take them; text and visual rows copied.
+// A step without visual or custom rows runs phase C's copies only (no barrier, no shared memory).
+// Both GEMMs run on mma.sync m16n8k16 (bf16 in, f32 accumulate) with a 4-stage cp.async
+// pipeline of K slices of 32 (one __syncthreads per slice) and ldmatrix fragment loads; 8 warps
+// as 2 × 4, each (16·MI) × 32: GEMM1 on 64 × 128 tiles (MI 2), GEMM2 on 128 × 128 (MI 4; 64 × 128
+// when Ne ≤ 64), tiles ordered M-fastest so that the blocks sharing a weight slab run together.
+// On the 2B shape with Ne 256 that is 128 tiles per GEMM, one wave on 132 SMs. custom (f32) is
+// rounded to bf16 once, in phase A, and mid is stored in bf16, as MatMul rounds its activations.
+// Dynamic shared memory: QVL_EMBED_SMEM = 80 KiB (opted in by the backend; 0 without custom rows).
+// cbf lives in the mid scratch after mid's Ne·hid elements rounded up to 8 (16-byte aligned).
 //
 // Floor: text rows are a gather, N·H·(2+4) bytes. The projector is FLOPs plus its weights:
 // 2·Ne·(D·hid + hid·K·H) FLOPs and (D·hid + hid·K·H)·2 bytes; for 256 embeddings on the 2B
@@ -27,85 +32,227 @@
 #include "common.cuh"
 
 #define QVL_EMBED_THREADS 256
-#define EBM 64
-#define EBN 128
-#define EBK 32
-#define ELD (EBK + 8)  // padded smem row (bf16): fragment loads hit 32 distinct banks
+#define EBN 128            // output tile columns: 4 warps of 32
+#define EBK 32             // K slice of a pipeline stage
+#define ESTAGES 4          // pipeline depth
+#define ELD (EBK + 8)      // padded smem row (bf16, 80 B): ldmatrix's 8 row reads hit 32 distinct banks
+#define ESTAGE (256 * ELD)  // bf16 per stage: A (up to 128 rows) then W (128 rows)
+#define ECT (EBN + 8)      // f32 row of the staged GEMM2 output tile
+#define QVL_EMBED_SMEM (ESTAGES * ESTAGE * 2)  // 81,920 B (runtime/cuda/kernels.go: embedSmem)
 
-struct EmbedSmem {
-    qvl_bf16 a[EBM * ELD];
-    qvl_bf16 b[EBN * ELD];
-};
+// ── sm_80 primitives: cp.async (16 B, zero-fill), its groups, ldmatrix.x4 ────────────────────
+// Emulated by qvl_sim.h's block "embed.cu's sm_80 primitives".
+#if !defined(QVL_SIM)
+__device__ __forceinline__ void embed_cp_async16(void* dst, const void* src, int src_bytes) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void embed_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void embed_cp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void embed_ldmatrix_x4(unsigned (&r)[4], const qvl_bf16* row_addr) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(row_addr);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s)
+                 : "memory");
+}
+#else
+__device__ __forceinline__ void embed_cp_async16(void* dst, const void* src, int src_bytes) {
+    qvlsim::cp_async16(dst, src, src_bytes);
+}
+__device__ __forceinline__ void embed_cp_commit() { qvlsim::cp_async_commit(); }
+template <int N>
+__device__ __forceinline__ void embed_cp_wait() {
+    qvlsim::cp_async_wait(N);
+}
+__device__ __forceinline__ void embed_ldmatrix_x4(unsigned (&r)[4], const qvl_bf16* row_addr) {
+    qvlsim::ldmatrix_x4(r, row_addr);
+}
+#endif
 
-__device__ __forceinline__ unsigned embed_ld32(const qvl_bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
-
-// gemm_tile accumulates acc = A[m0 .. m0+64, :]·W[n0 .. n0+128, :]ᵀ over Kd for this thread's
-// fragments: acc[mi][ni][c] is row wm·32 + mi·16 + g (+8 for c ≥ 2), col wn·32 + ni·8 + 2t + (c&1)
-// of the tile (warp w: wm = w/4, wn = w%4; lane: g = lane/4, t = lane%4). load_a(r, k) returns
-// the 8 bf16 A[m0 + r][k .. k+7] as a uint4, zero past the matrix. Every thread of the block calls it.
-template <class LoadA>
-__device__ __forceinline__ void gemm_tile(float (&acc)[2][4][4], EmbedSmem& sm, LoadA load_a,
-                                          const qvl_bf16* __restrict__ W, int N, int Kd, int n0) {
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
-    const int wm = warp >> 2, wn = warp & 3;
+// embed_load_stage stages rows [r0, r0 + R) × columns [k0, k0 + EBK) of the bf16 matrix X
+// [rows × Kd] (row-major) into dst (R rows of ELD), zero past the matrix. vec (Kd % 8 == 0, X
+// 16-byte aligned): cp.async, complete once the pipeline's wait retires its group; otherwise
+// plain (L2) loads and shared stores, complete at the next __syncthreads.
+template <int R>
+__device__ __forceinline__ void embed_load_stage(qvl_bf16* dst, const qvl_bf16* __restrict__ X, int rows, int Kd, int r0,
+                                                 int k0, bool vec) {
+    static_assert((R * (EBK / 8)) % QVL_EMBED_THREADS == 0, "stage chunks must divide among the threads");
 #pragma unroll
-    for (int mi = 0; mi < 2; mi++)
+    for (int i = 0; i < R * (EBK / 8) / QVL_EMBED_THREADS; i++) {
+        const int c = (int)threadIdx.x + i * QVL_EMBED_THREADS;
+        const int r = c / (EBK / 8), kc = (c % (EBK / 8)) * 8;
+        const int row = r0 + r, k = k0 + kc;
+        const bool in = row < rows && k < Kd;
+        qvl_bf16* d = dst + r * ELD + kc;
+        if (vec) {
+            embed_cp_async16(d, in ? X + (long long)row * Kd + k : X, in ? 16 : 0);
+        } else {
+            qvl_bf16 e[8];
 #pragma unroll
-        for (int ni = 0; ni < 4; ni++) acc[mi][ni][0] = acc[mi][ni][1] = acc[mi][ni][2] = acc[mi][ni][3] = 0.f;
-    const bool wvec = (Kd % 8) == 0 && (reinterpret_cast<unsigned long long>(W) & 15) == 0;
-    for (int k0 = 0; k0 < Kd; k0 += EBK) {
-        __syncthreads();
-        {
-            const int r = tid >> 2, kc = (tid & 3) * 8;
-            *reinterpret_cast<uint4*>(sm.a + r * ELD + kc) = load_a(r, k0 + kc);
-        }
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const int r = (tid >> 2) + 64 * i, kc = (tid & 3) * 8;
-            const int n = n0 + r, k = k0 + kc;
-            uint4 v = make_uint4(0u, 0u, 0u, 0u);
-            if (n < N && k < Kd) {
-                const qvl_bf16* src = W + (long long)n * Kd + k;
-                if (wvec && k + 8 <= Kd) {
-                    v = *reinterpret_cast<const uint4*>(src);
-                } else {
-                    qvl_bf16 e[8];
-#pragma unroll
-                    for (int j = 0; j < 8; j++) e[j] = k + j < Kd ? src[j] : (qvl_bf16)0;
-                    v = make_uint4(qvl_pack_raw(e[0], e[1]), qvl_pack_raw(e[2], e[3]), qvl_pack_raw(e[4], e[5]),
-                                   qvl_pack_raw(e[6], e[7]));
-                }
-            }
-            *reinterpret_cast<uint4*>(sm.b + r * ELD + kc) = v;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int ks = 0; ks < EBK / 16; ks++) {
-            unsigned a[2][4];
-#pragma unroll
-            for (int mi = 0; mi < 2; mi++) {
-                const qvl_bf16* ap = sm.a + (wm * 32 + mi * 16 + g) * ELD + ks * 16 + 2 * t4;
-                a[mi][0] = embed_ld32(ap);
-                a[mi][1] = embed_ld32(ap + 8 * ELD);
-                a[mi][2] = embed_ld32(ap + 8);
-                a[mi][3] = embed_ld32(ap + 8 * ELD + 8);
-            }
-#pragma unroll
-            for (int ni = 0; ni < 4; ni++) {
-                const qvl_bf16* bp = sm.b + (wn * 32 + ni * 8 + g) * ELD + ks * 16 + 2 * t4;
-                unsigned b[2];
-                b[0] = embed_ld32(bp);
-                b[1] = embed_ld32(bp + 8);
-#pragma unroll
-                for (int mi = 0; mi < 2; mi++) qvl_mma_bf16(acc[mi][ni], a[mi], b);
-            }
+            for (int j = 0; j < 8; j++) e[j] = in && k + j < Kd ? __ldcg(X + (long long)row * Kd + k + j) : (qvl_bf16)0;
+            *reinterpret_cast<uint4*>(d) = make_uint4(qvl_pack_raw(e[0], e[1]), qvl_pack_raw(e[2], e[3]),
+                                                      qvl_pack_raw(e[4], e[5]), qvl_pack_raw(e[6], e[7]));
         }
     }
+}
+
+// embed_gemm_tile computes acc = A[m0 .. m0 + 32·MI, :]·W[n0 .. n0 + 128, :]ᵀ over Kd (A [M × Kd],
+// W [N × Kd], both bf16 row-major) for this thread's fragments: acc[mi][ni][c] is tile row
+// wm·16·MI + mi·16 + g (+8 for c ≥ 2), column wn·32 + ni·8 + 2t + (c&1) (warp w: wm = w/4,
+// wn = w%4; lane: g = lane/4, t = lane%4). Every thread of the block calls it; sm is the
+// QVL_EMBED_SMEM bytes of dynamic shared memory, free again when it returns (all copies landed,
+// all reads done).
+template <int MI>
+__device__ __forceinline__ void embed_gemm_tile(float (&acc)[MI][4][4], qvl_bf16* sm, const qvl_bf16* __restrict__ A, int M,
+                                                const qvl_bf16* __restrict__ W, int N, int Kd, int m0, int n0, bool vec) {
+    constexpr int BM = 32 * MI;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int wm = warp >> 2, wn = warp & 3;
+#pragma unroll
+    for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++) acc[mi][ni][0] = acc[mi][ni][1] = acc[mi][ni][2] = acc[mi][ni][3] = 0.f;
+    const int KT = (Kd + EBK - 1) / EBK;
+    __syncthreads();  // the previous user of sm (a tile's epilogue) is done with it
+#pragma unroll
+    for (int s = 0; s < ESTAGES - 1; s++) {
+        if (s < KT) {
+            embed_load_stage<BM>(sm + s * ESTAGE, A, M, Kd, m0, s * EBK, vec);
+            embed_load_stage<EBN>(sm + s * ESTAGE + 128 * ELD, W, N, Kd, n0, s * EBK, vec);
+        }
+        embed_cp_commit();
+    }
+    // Lane addresses of ldmatrix: A rows lane%16 at k half lane/16; W rows (lane/16)·8 + lane%8
+    // at k half (lane/8)%2 (matrices: n-fragment 2p k-lo, 2p k-hi, 2p+1 k-lo, 2p+1 k-hi).
+    const int a_off = (wm * 16 * MI + (lane & 15)) * ELD + (lane >> 4) * 8;
+    const int b_off = 128 * ELD + (wn * 32 + (lane >> 4) * 8 + (lane & 7)) * ELD + ((lane >> 3) & 1) * 8;
+    for (int kt = 0; kt < KT; kt++) {
+        embed_cp_wait<ESTAGES - 2>();  // this thread's copies of slice kt have landed
+        __syncthreads();               // everyone's have, and everyone is done with slice kt-1's stage
+        {
+            const int pf = kt + ESTAGES - 1;  // refill the stage that slice kt-1 used
+            if (pf < KT) {
+                qvl_bf16* st = sm + (pf % ESTAGES) * ESTAGE;
+                embed_load_stage<BM>(st, A, M, Kd, m0, pf * EBK, vec);
+                embed_load_stage<EBN>(st + 128 * ELD, W, N, Kd, n0, pf * EBK, vec);
+            }
+            embed_cp_commit();
+        }
+        const qvl_bf16* st = sm + (kt % ESTAGES) * ESTAGE;
+#pragma unroll
+        for (int ks = 0; ks < EBK / 16; ks++) {
+            unsigned a[MI][4], b[4][2];
+#pragma unroll
+            for (int mi = 0; mi < MI; mi++) embed_ldmatrix_x4(a[mi], st + a_off + mi * 16 * ELD + ks * 16);
+#pragma unroll
+            for (int p = 0; p < 2; p++) {
+                unsigned r[4];
+                embed_ldmatrix_x4(r, st + b_off + p * 16 * ELD + ks * 16);
+                b[2 * p][0] = r[0], b[2 * p][1] = r[1], b[2 * p + 1][0] = r[2], b[2 * p + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+                for (int ni = 0; ni < 4; ni++) qvl_mma_bf16(acc[mi][ni], a[mi], b[ni]);
+        }
+    }
+    embed_cp_wait<0>();
+    __syncthreads();
 }
 
 __device__ __forceinline__ float embed_gelu(float x, bool tanh_form) {
     if (tanh_form) return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
     return 0.5f * x * (1.f + erff(x * 0.7071067811865476f));
+}
+
+// embed_gemm1 runs phase B's GEMM1 tiles of this block: mid = bf16(gelu(cbf·fc1ᵀ + b1)).
+__device__ __forceinline__ void embed_gemm1(qvl_bf16* sm, const qvl_bf16* cbf, int Ne, int D, const qvl_bf16* __restrict__ fc1,
+                                            const void* __restrict__ b1, int b1_bf16, int hid, bool tanh_form, qvl_bf16* mid) {
+    constexpr int MI = 2, BM = 32 * MI;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+    const int wm = warp >> 2, wn = warp & 3;
+    const int mtiles = (Ne + BM - 1) / BM, ntiles = (hid + EBN - 1) / EBN;
+    const bool vec = (D % 8) == 0 && (reinterpret_cast<unsigned long long>(fc1) & 15) == 0;
+    for (int tile = blockIdx.x; tile < mtiles * ntiles; tile += gridDim.x) {
+        const int m0 = (tile % mtiles) * BM, n0 = (tile / mtiles) * EBN;
+        float acc[MI][4][4];
+        embed_gemm_tile<MI>(acc, sm, cbf, Ne, fc1, hid, D, m0, n0, vec);
+#pragma unroll
+        for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    const int e = m0 + wm * 16 * MI + mi * 16 + g + (c >= 2 ? 8 : 0);
+                    const int col = n0 + wn * 32 + ni * 8 + 2 * t4 + (c & 1);
+                    if (e < Ne && col < hid) {
+                        const float v = acc[mi][ni][c] + qvl_load_weight(b1, b1_bf16, col);
+                        mid[(long long)e * hid + col] = qvl_f32_to_bf16(embed_gelu(v, tanh_form));
+                    }
+                }
+    }
+}
+
+// embed_gemm2 runs phase C's GEMM2 tiles of this block: Y = mid·fc2ᵀ + b2, each tile staged in
+// shared memory (f32, rows of ECT) and then written, one warp per BM/8 tile rows, to every
+// custom row that takes it and wins its destination (srcmap), a segment of at most 128
+// contiguous columns per (row, k) with coalesced stores.
+template <int MI>
+__device__ __forceinline__ void embed_gemm2(qvl_bf16* sm, float* __restrict__ out, int H, int Nv, const int* __restrict__ cus_idx,
+                                            int Ne, int hid, int K, const qvl_bf16* mid, const qvl_bf16* __restrict__ fc2,
+                                            const void* __restrict__ b2, int b2_bf16, const int* srcmap, const int* head,
+                                            const int* next) {
+    constexpr int BM = 32 * MI, RW = BM / 8;  // RW tile rows per warp in the scatter
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+    const int wm = warp >> 2, wn = warp & 3;
+    const int KH = K * H;
+    const int mtiles = (Ne + BM - 1) / BM, ntiles = (KH + EBN - 1) / EBN;
+    const bool vec = (hid % 8) == 0 && (reinterpret_cast<unsigned long long>(fc2) & 15) == 0 &&
+                     (reinterpret_cast<unsigned long long>(mid) & 15) == 0;
+    float* ct = reinterpret_cast<float*>(sm);
+    for (int tile = blockIdx.x; tile < mtiles * ntiles; tile += gridDim.x) {
+        const int m0 = (tile % mtiles) * BM, n0 = (tile / mtiles) * EBN;
+        float acc[MI][4][4];
+        embed_gemm_tile<MI>(acc, sm, mid, Ne, fc2, KH, hid, m0, n0, vec);
+#pragma unroll
+        for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int r = wm * 16 * MI + mi * 16 + g + 8 * h, cl = wn * 32 + ni * 8 + 2 * t4, col = n0 + cl;
+                    const float v0 = acc[mi][ni][2 * h] + (col < KH ? qvl_load_weight(b2, b2_bf16, col) : 0.f);
+                    const float v1 = acc[mi][ni][2 * h + 1] + (col + 1 < KH ? qvl_load_weight(b2, b2_bf16, col + 1) : 0.f);
+                    *reinterpret_cast<float2*>(ct + r * ECT + cl) = make_float2(v0, v1);
+                }
+        __syncthreads();
+        const int cend = qvl_imin(n0 + EBN, KH), lr = warp * RW + lane, e = m0 + lr;
+        for (int k = n0 / H; k * H < cend; k++) {
+            const int c0 = qvl_imax(n0, k * H), c1 = qvl_imin(cend, (k + 1) * H);
+            int r = lane < RW && e < Ne ? __ldcg(&head[e * K + k]) : -1;
+            while (__ballot_sync(QVL_FULL_MASK, r >= 0) != 0u) {
+                int d = -1;
+                if (r >= 0) {
+                    const int dd = cus_idx[r];
+                    if (__ldcg(&srcmap[dd]) == 1 + Nv + r) d = dd;
+                }
+                unsigned win = __ballot_sync(QVL_FULL_MASK, d >= 0);
+                while (win != 0u) {
+                    const int src = __ffs((int)win) - 1;
+                    win &= win - 1u;
+                    const int dd = __shfl_sync(QVL_FULL_MASK, d, src);
+                    const float* row = ct + (warp * RW + src) * ECT;
+                    float* dst = out + (long long)dd * H;
+                    for (int c = c0 + lane; c < c1; c += 32) dst[c - k * H] = row[c - n0];
+                }
+                if (r >= 0) r = __ldcg(&next[r]);
+            }
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(QVL_EMBED_THREADS, 1)
@@ -115,7 +262,7 @@ qvl_embed(float* __restrict__ out, int N, int H, const int* __restrict__ tokens,
           int Ne, int D, int hid, int K, const qvl_bf16* __restrict__ fc1, const void* __restrict__ b1,
           const qvl_bf16* __restrict__ fc2, const void* __restrict__ b2, int flags, int* scratch,
           qvl_bf16* mid, unsigned* bar, unsigned* err) {
-    __shared__ __align__(16) EmbedSmem sm;
+    QVL_DYN_SMEM(qvl_bf16, sm);  // QVL_EMBED_SMEM bytes when Nc > 0; untouched otherwise
     const int table_bf16 = flags & 1, b1_bf16 = (flags >> 1) & 1, b2_bf16 = (flags >> 2) & 1;
     const bool tanh_form = (flags >> 3) & 1;
     const int nb = gridDim.x, bid = blockIdx.x, tid = threadIdx.x;
@@ -124,14 +271,15 @@ qvl_embed(float* __restrict__ out, int N, int H, const int* __restrict__ tokens,
     int* srcmap = scratch;      // [N]: 0 text, 1+r visual r, 1+Nv+r custom r
     int* head = scratch + N;    // [Ne·K]: first custom row taking (e, k), -1 none
     int* next = head + Ne * K;  // [Nc]: next custom row taking the same (e, k)
-    const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
-    const int wm = warp >> 2, wn = warp & 3;
-    const int mtiles = (Ne + EBM - 1) / EBM;
+    // custom rounded to bf16, [Ne × D], after mid's Ne·hid elements rounded up to 8 (16-byte aligned)
+    qvl_bf16* cbf = mid + (((long long)Ne * hid + 7) / 8) * 8;
 
     if (maps) {
         for (long long i = gtid; i < N; i += gstride) srcmap[i] = 0;
-        if (Nc > 0)
+        if (Nc > 0) {
             for (long long i = gtid; i < (long long)Ne * K; i += gstride) head[i] = -1;
+            for (long long i = gtid; i < (long long)Ne * D; i += gstride) cbf[i] = qvl_f32_to_bf16(custom[i]);
+        }
         qvl_grid_sync(bar);
         for (long long r = gtid; r < Nv; r += gstride) {
             const int d = vis_idx[r];
@@ -149,87 +297,13 @@ qvl_embed(float* __restrict__ out, int N, int H, const int* __restrict__ tokens,
                 next[r] = atomicExch(&head[src], (int)r);
             }
         }
-        if (Nc > 0) {
-            // GEMM1: mid = bf16(gelu(custom · fc1ᵀ + b1)), [Ne, hid].
-            const int ntiles = (hid + EBN - 1) / EBN;
-            const bool cvec = (D % 4) == 0 && (reinterpret_cast<unsigned long long>(custom) & 15) == 0;
-            for (int tile = bid; tile < mtiles * ntiles; tile += nb) {
-                const int m0 = (tile / ntiles) * EBM, n0 = (tile % ntiles) * EBN;
-                auto load_a = [&](int r, int k) -> uint4 {
-                    const int e = m0 + r;
-                    float f[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-                    if (e < Ne && k < D) {
-                        const float* src = custom + (long long)e * D + k;
-                        if (cvec && k + 8 <= D) {
-                            const float4 x0 = reinterpret_cast<const float4*>(src)[0];
-                            const float4 x1 = reinterpret_cast<const float4*>(src)[1];
-                            f[0] = x0.x, f[1] = x0.y, f[2] = x0.z, f[3] = x0.w;
-                            f[4] = x1.x, f[5] = x1.y, f[6] = x1.z, f[7] = x1.w;
-                        } else {
-#pragma unroll
-                            for (int j = 0; j < 8; j++) f[j] = k + j < D ? src[j] : 0.f;
-                        }
-                    }
-                    return make_uint4(qvl_pack_bf16(f[0], f[1]), qvl_pack_bf16(f[2], f[3]), qvl_pack_bf16(f[4], f[5]),
-                                      qvl_pack_bf16(f[6], f[7]));
-                };
-                float acc[2][4][4];
-                gemm_tile(acc, sm, load_a, fc1, hid, D, n0);
-#pragma unroll
-                for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-                    for (int ni = 0; ni < 4; ni++)
-#pragma unroll
-                        for (int c = 0; c < 4; c++) {
-                            const int e = m0 + wm * 32 + mi * 16 + g + (c >= 2 ? 8 : 0);
-                            const int col = n0 + wn * 32 + ni * 8 + 2 * t4 + (c & 1);
-                            if (e < Ne && col < hid) {
-                                const float v = acc[mi][ni][c] + qvl_load_weight(b1, b1_bf16, col);
-                                mid[(long long)e * hid + col] = qvl_f32_to_bf16(embed_gelu(v, tanh_form));
-                            }
-                        }
-            }
-        }
+        if (Nc > 0) embed_gemm1(sm, cbf, Ne, D, fc1, b1, b1_bf16, hid, tanh_form, mid);
         qvl_grid_sync(bar);
     }
 
     if (Nc > 0) {
-        // GEMM2: Y = mid · fc2ᵀ + b2, [Ne, K·H], scattered to the rows that take each (e, k).
-        const int KH = K * H;
-        const int ntiles = (KH + EBN - 1) / EBN;
-        const bool mvec = (hid % 8) == 0 && (reinterpret_cast<unsigned long long>(mid) & 15) == 0;
-        for (int tile = bid; tile < mtiles * ntiles; tile += nb) {
-            const int m0 = (tile / ntiles) * EBM, n0 = (tile % ntiles) * EBN;
-            auto load_a = [&](int r, int k) -> uint4 {
-                const int e = m0 + r;
-                if (e >= Ne || k >= hid) return make_uint4(0u, 0u, 0u, 0u);
-                const qvl_bf16* src = mid + (long long)e * hid + k;
-                if (mvec && k + 8 <= hid) return __ldcg(reinterpret_cast<const uint4*>(src));
-                qvl_bf16 v[8];
-#pragma unroll
-                for (int j = 0; j < 8; j++) v[j] = k + j < hid ? __ldcg(src + j) : (qvl_bf16)0;
-                return make_uint4(qvl_pack_raw(v[0], v[1]), qvl_pack_raw(v[2], v[3]), qvl_pack_raw(v[4], v[5]),
-                                  qvl_pack_raw(v[6], v[7]));
-            };
-            float acc[2][4][4];
-            gemm_tile(acc, sm, load_a, fc2, KH, hid, n0);
-#pragma unroll
-            for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-                for (int ni = 0; ni < 4; ni++)
-#pragma unroll
-                    for (int c = 0; c < 4; c++) {
-                        const int e = m0 + wm * 32 + mi * 16 + g + (c >= 2 ? 8 : 0);
-                        const int col = n0 + wn * 32 + ni * 8 + 2 * t4 + (c & 1);
-                        if (e >= Ne || col >= KH) continue;
-                        const float v = acc[mi][ni][c] + qvl_load_weight(b2, b2_bf16, col);
-                        const int k = col / H, cc = col - k * H;
-                        for (int r = __ldcg(&head[e * K + k]); r >= 0; r = __ldcg(&next[r])) {
-                            const int d = cus_idx[r];
-                            if (__ldcg(&srcmap[d]) == 1 + Nv + r) out[(long long)d * H + cc] = v;
-                        }
-                    }
-        }
+        if (Ne > 64) embed_gemm2<4>(sm, out, H, Nv, cus_idx, Ne, hid, K, mid, fc2, b2, b2_bf16, srcmap, head, next);
+        else embed_gemm2<2>(sm, out, H, Nv, cus_idx, Ne, hid, K, mid, fc2, b2, b2_bf16, srcmap, head, next);
     }
 
     for (int i = bid; i < N; i += nb) {

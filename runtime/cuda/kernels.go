@@ -56,6 +56,10 @@ const (
 	sigPrefill = "ppppppppiiiiifp"
 )
 
+// embedSmem is qvl_embed's dynamic shared memory when it projects custom embeddings
+// (QVL_EMBED_SMEM of kernels/embed.cu: 4 pipeline stages of 256 rows of 40 bf16).
+const embedSmem = 4 * 256 * 40 * 2
+
 // prefillSmem is the dynamic shared memory of qvl_attn_prefill_hd*: Q, K and V tiles of 64
 // rows of hd+8 bf16.
 func prefillSmem(hd int) int { return (64 + 2*64) * (hd + 8) * 2 }
@@ -71,7 +75,7 @@ var kernelTable = func() []kernelSpec {
 		kSwiGLU:      {name: "qvl_swiglu", sig: "ppiip"},
 		kQKV:         {name: "qvl_qkv", sig: "ppppippppppiiiiifp"},
 		kAttnGeneric: {name: "qvl_attn_generic", sig: "ppppppppiiiiiiifp"},
-		kEmbed:       {name: "qvl_embed", sig: "piippippipppiiiiippppipppp"},
+		kEmbed:       {name: "qvl_embed", sig: "piippippipppiiiiippppipppp", smem: func(int) int { return embedSmem }},
 		kTopK:        {name: "qvl_topk", sig: "pipippp"},
 		kSample:      {name: "qvl_sample", sig: "pippp"},
 		kSpin:        {name: "qvl_spin", sig: "l"},

@@ -89,7 +89,8 @@ func (b *Backend) EmbedProject(out ml.Tensor, a ml.EmbedArgs) error {
 			if p.TanhGELU {
 				flags |= 8
 			}
-			if err := b.ensure(&b.embedMid, 2*ne*hid); err != nil {
+			// mid [ne × hid] bf16, then custom rounded to bf16 [ne × d] from the next 16-byte boundary.
+			if err := b.ensure(&b.embedMid, 2*((ne*hid+7)/8*8+ne*d)); err != nil {
 				return err
 			}
 		}
@@ -101,7 +102,11 @@ func (b *Backend) EmbedProject(out ml.Tensor, a ml.EmbedArgs) error {
 			ptr(ptr(a.Custom)).ptr(ptr(a.CustomIdx)).ptr(ptr(a.CustomSrc)).i32(nc).i32(ne).i32(d).i32(hid).i32(k).
 			ptr(fc1).ptr(b1).ptr(fc2).ptr(b2).i32(flags).
 			ptr(b.embedInts.p).ptr(b.embedMid.p).ptr(b.bar).ptr(b.dev.errFlags())
-		return b.launch(kEmbed, d1(max(grid, 1)), d1(embedThreads), 0)
+		smem := 0
+		if nc > 0 {
+			smem = embedSmem
+		}
+		return b.launch(kEmbed, d1(max(grid, 1)), d1(embedThreads), smem)
 	})
 }
 

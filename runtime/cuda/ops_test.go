@@ -260,6 +260,29 @@ var embedCases = []embedCase{
 	{name: "custom_two_tiles", n: 150, h: 128, vocab: 300, table: ml.BF16,
 		cusIdx: seq(0, 140), cusSrc: seq(0, 140), visIdx: []int32{140, 141, 0},
 		ne: 70, d: 48, hid: 96, k: 2, fc: ml.BF16, bias: ml.F32},
+	// The pipelined GEMMs past their tiles: Ne 130 (GEMM2's 128-row tiles, a second one of 2
+	// rows), D and hid multiples of 8 (cp.async) but not of the 32-deep K slices, K·H 216 (a
+	// partial 128-column tile; H 72 puts two or three (row, k) segments in a tile), more K
+	// slices than pipeline stages; rows taken by several custom rows (later wins) and (e, k)
+	// taken by several rows (lists longer than one), a visual row overwritten by a custom one.
+	{name: "custom_pipeline_odd", n: 301, h: 72, vocab: 500, table: ml.BF16,
+		cusIdx: scramble(0, 420, 300, 7), cusSrc: scramble(1, 420, 130*3, 11), visIdx: []int32{0, 299, 300, 17},
+		ne: 130, d: 40, hid: 200, k: 3, fc: ml.BF16, bias: ml.BF16},
+	// The plain-load path: D and hid not multiples of 8; Ne 66 (two 64-row GEMM1 tiles, one
+	// 128-row GEMM2 tile), H 50.
+	{name: "custom_scalar_odd", n: 140, h: 50, vocab: 60, table: ml.F32,
+		cusIdx: scramble(2, 132, 140, 5), cusSrc: scramble(3, 132, 66*2, 3), visIdx: []int32{5},
+		ne: 66, d: 37, hid: 45, k: 2, fc: ml.BF16, bias: ml.F32, tanh: true},
+}
+
+// scramble returns n indices in [0, m): i·step + off mod m, so that they repeat when n > m
+// and come in an order that is not monotonic.
+func scramble(off, n, m, step int) []int32 {
+	out := make([]int32, n)
+	for i := range out {
+		out[i] = int32((i*step + off) % m)
+	}
+	return out
 }
 
 func seq(lo, hi int) []int32 {
