@@ -60,9 +60,14 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     constexpr int TPG = HD / 8;    // lanes per token
     constexpr int TPW = 32 / TPG;  // tokens per warp step
     constexpr int NW = QVL_DECODE_THREADS / 32;
-    // Loads in flight per lane: 8 at head sizes ≤ 128 (64 B/lane), 4 at 256 (more registers).
-    constexpr int DU = HD >= 256 ? 4 : 8;
+    // Loads in flight per lane: 8 at head sizes ≤ 128 (64 B/lane), 4 at 256 or groups of 8 (more
+    // registers).
+    constexpr int DU = (HD >= 256 || GMAX >= 8) ? 4 : 8;
+    constexpr int NV = DU * GMAX;  // partial dot products per lane and warp step
+    constexpr int LOG_TPG = HD == 32 ? 2 : HD == 64 ? 3 : HD == 128 ? 4 : 5;
+    static_assert((1 << LOG_TPG) == TPG, "TPG is a power of two");
     __shared__ __align__(16) float qs[GMAX][HD];
+    __shared__ int tb[QVL_DECODE_MAX_PART + 1];  // the partition's block-table entries
     __shared__ float lg[GMAX][QVL_DECODE_MAX_PART];
     __shared__ float red[NW][GMAX];
     __shared__ float stat[2][GMAX];
@@ -87,45 +92,74 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     if (t0 >= ctx) return;
     const int t1 = qvl_imin(ctx, t0 + part);
     const int* table = tables + (long long)s * max_blocks;
-
+    // Token t sits in page table[t/bs] at offset t%bs (shifts when bs is a power of two: a
+    // division per token was a fifth of the kernel's instructions). The partition's pages are
+    // read into shared memory once, with q.
+    const bool pow2 = (bs & (bs - 1)) == 0;
+    const int shift = __ffs(bs) - 1;
+    const int pg0 = pow2 ? (t0 >> shift) : (t0 / bs);
+    const int npg = (pow2 ? ((t1 - 1) >> shift) : ((t1 - 1) / bs)) - pg0 + 1;
+    for (int i = tid; i < npg; i += QVL_DECODE_THREADS) tb[i] = table[pg0 + i];
     for (int i = tid; i < GMAX * HD; i += QVL_DECODE_THREADS) {
         const int gi = i / HD, d = i % HD;
         qs[gi][d] = gi < g ? q[((long long)row * heads + kvh * g + gi) * HD + d] * scale : 0.f;
     }
     __syncthreads();
+    // kv_at returns the cache offset of token t's slice for this lane, or −1 when its page is
+    // outside the cache.
+    auto kv_at = [&](int t) -> long long {
+        const int pgi = pow2 ? (t >> shift) : (t / bs);
+        const int off = pow2 ? (t & (bs - 1)) : (t - pgi * bs);
+        const int blk = tb[pgi - pg0];
+        if (blk < 0 || blk >= num_blocks) return -1;
+        return (((long long)blk * kv_heads + kvh) * bs + off) * HD;
+    };
     const int sub = lane / TPG, c = lane % TPG;
     float qr[GMAX][8];
 #pragma unroll
     for (int gi = 0; gi < GMAX; gi++)
 #pragma unroll
         for (int j = 0; j < 8; j++) qr[gi][j] = qs[gi][c * 8 + j];
-    float mx[GMAX];
+    // After the transposed reduction below, a lane holds NH of the warp step's NV dot products,
+    // always the same (u, gi) pairs: indices hb .. hb+NH−1 (u = index / GMAX, gi = index % GMAX);
+    // when NV < TPG several lanes hold each and only "writer" lanes store it.
+    constexpr int NH = NV >= TPG ? NV / TPG : 1;
+    int hb = 0;
+    bool writer = true;
 #pragma unroll
-    for (int gi = 0; gi < GMAX; gi++) mx[gi] = -INFINITY;
+    for (int lvl = 0; lvl < LOG_TPG; lvl++) {
+        const int o = TPG >> (lvl + 1);
+        if ((NV >> lvl) >= 2) {
+            if (lane & o) hb += (NV >> lvl) >> 1;
+        } else if (lane & o) {
+            writer = false;
+        }
+    }
+    float mxh[NH];
+#pragma unroll
+    for (int j = 0; j < NH; j++) mxh[j] = -INFINITY;
 
     // Scores: lg[gi][t - t0] = scale · q_gi · k_t. Each warp step covers DU·TPW tokens: every
-    // lane first issues its DU block-table reads, then its DU 16-byte key loads, then uses them,
-    // so that DU loads per lane are in flight at once (one at a time left the HBM idle).
+    // lane issues its DU 16-byte key loads before using them, so that DU loads per lane are in
+    // flight at once. The TPG lanes of a token then sum their NV partial dot products with a
+    // transposed reduction (each shuffle level halves the values a lane holds: NV/2 + NV/4 + …
+    // shuffles instead of NV·log2 TPG).
     for (int base = t0 + w * TPW * DU; base < t1; base += NW * TPW * DU) {  // warp-uniform
-        int blk[DU];
+        long long at[DU];
 #pragma unroll
         for (int u = 0; u < DU; u++) {
             const int t = base + u * TPW + sub;
-            blk[u] = t < t1 ? table[t / bs] : 0;
+            at[u] = t < t1 ? kv_at(t) : -1;
         }
         uint4 kv[DU];
 #pragma unroll
         for (int u = 0; u < DU; u++) {
-            const int t = base + u * TPW + sub;
             kv[u] = make_uint4(0u, 0u, 0u, 0u);
-            if (t < t1 && blk[u] >= 0 && blk[u] < num_blocks)
-                kv[u] = *reinterpret_cast<const uint4*>(kc + (((long long)blk[u] * kv_heads + kvh) * bs + t % bs) * HD + c * 8);
+            if (at[u] >= 0) kv[u] = *reinterpret_cast<const uint4*>(kc + at[u] + c * 8);
         }
+        float pd[NV];
 #pragma unroll
         for (int u = 0; u < DU; u++) {
-            const int t = base + u * TPW + sub;
-            const bool valid = t < t1 && blk[u] >= 0 && blk[u] < num_blocks;
-            if (t < t1 && !valid) qvl_raise(err, QVL_ERR_ATTN_BLOCK);
             float kf[8];
             qvl_unpack8(kv[u], kf);
 #pragma unroll
@@ -133,14 +167,47 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
                 float dot = 0.f;
 #pragma unroll
                 for (int j = 0; j < 8; j++) dot += qr[gi][j] * kf[j];
-#pragma unroll
-                for (int o = TPG / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(QVL_FULL_MASK, dot, o);
-                if (t < t1) {
-                    if (c == 0) lg[gi][t - t0] = valid ? dot : -INFINITY;
-                    if (valid) mx[gi] = fmaxf(mx[gi], dot);
-                }
+                pd[u * GMAX + gi] = dot;
             }
         }
+#pragma unroll
+        for (int lvl = 0; lvl < LOG_TPG; lvl++) {
+            const int o = TPG >> (lvl + 1);
+            const int cur = NV >> lvl;
+            if (cur >= 2) {
+                const int half = cur >> 1;
+                const bool upper = (lane & o) != 0;
+#pragma unroll
+                for (int j = 0; j < NV / 2; j++) {
+                    if (j < half) {
+                        const float send = upper ? pd[j] : pd[j + half];
+                        const float keep = upper ? pd[j + half] : pd[j];
+                        pd[j] = keep + __shfl_xor_sync(QVL_FULL_MASK, send, o);
+                    }
+                }
+            } else {
+                pd[0] += __shfl_xor_sync(QVL_FULL_MASK, pd[0], o);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < NH; j++) {
+            const int idx = hb + j, u = idx / GMAX, gi = idx % GMAX;
+            const int t = base + u * TPW + sub;
+            if (t < t1) {
+                const bool valid = kv_at(t) >= 0;
+                if (!valid && writer) qvl_raise(err, QVL_ERR_ATTN_BLOCK);
+                if (writer) lg[gi][t - t0] = valid ? pd[j] : -INFINITY;
+                if (valid) mxh[j] = fmaxf(mxh[j], pd[j]);
+            }
+        }
+    }
+    float mx[GMAX];
+#pragma unroll
+    for (int gi = 0; gi < GMAX; gi++) {
+        mx[gi] = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < NH; j++)
+            if ((hb + j) % GMAX == gi) mx[gi] = fmaxf(mx[gi], mxh[j]);
     }
 #pragma unroll
     for (int gi = 0; gi < GMAX; gi++) {
@@ -187,24 +254,22 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
 #pragma unroll
         for (int j = 0; j < 8; j++) acc[gi][j] = 0.f;
     for (int base = t0 + w * TPW * DU; base < t1; base += NW * TPW * DU) {  // DU loads in flight, as above
-        int blk[DU];
+        long long at[DU];
 #pragma unroll
         for (int u = 0; u < DU; u++) {
             const int t = base + u * TPW + sub;
-            blk[u] = t < t1 ? table[t / bs] : -1;
+            at[u] = t < t1 ? kv_at(t) : -1;
         }
         uint4 vv[DU];
 #pragma unroll
         for (int u = 0; u < DU; u++) {
-            const int t = base + u * TPW + sub;
             vv[u] = make_uint4(0u, 0u, 0u, 0u);
-            if (t < t1 && blk[u] >= 0 && blk[u] < num_blocks)
-                vv[u] = *reinterpret_cast<const uint4*>(vc + (((long long)blk[u] * kv_heads + kvh) * bs + t % bs) * HD + c * 8);
+            if (at[u] >= 0) vv[u] = *reinterpret_cast<const uint4*>(vc + at[u] + c * 8);
         }
 #pragma unroll
         for (int u = 0; u < DU; u++) {
-            const int t = base + u * TPW + sub;
-            if (t < t1 && blk[u] >= 0 && blk[u] < num_blocks) {
+            if (at[u] >= 0) {
+                const int t = base + u * TPW + sub;
                 float vf[8];
                 qvl_unpack8(vv[u], vf);
 #pragma unroll

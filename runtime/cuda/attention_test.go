@@ -138,3 +138,25 @@ func TestGPUAttentionShapes(t *testing.T) {
 	rep := &benchReport{t: t, dev: b.Name()}
 	attentionShapes(t, b, rep, shape.Heads, shape.KVHeads, shape.HeadDim, issue6.bs, issue6.ctx, issue6.seqs, issue6.reps)
 }
+
+// decodeShapeCases cover every decode instance's reduction layout (head sizes 32…256, groups
+// 1…8, so that a lane holds from one to several of a warp step's dot products, or shares one
+// with other lanes) and a block size that is not a power of two (the division path).
+var decodeShapeCases = []attnCase{
+	{name: "hd64_g1", heads: 2, kv: 2, hd: 64, bs: 16, seqs: [][2]int{{1, 77}, {1, 5}}, tolerance: "Attention/decode"},
+	{name: "hd128_g8", heads: 8, kv: 1, hd: 128, bs: 16, seqs: [][2]int{{1, 133}, {1, 1}}, tolerance: "Attention/decode"},
+	{name: "hd32_g8_bs12", heads: 16, kv: 2, hd: 32, bs: 12, seqs: [][2]int{{1, 100}, {1, 13}}, tolerance: "Attention/decode", spareBlocks: 2},
+	{name: "hd256_g4", heads: 4, kv: 1, hd: 256, bs: 16, seqs: [][2]int{{1, 90}}, tolerance: "Attention/decode"},
+	{name: "hd256_g1_bs6", heads: 3, kv: 3, hd: 256, bs: 6, seqs: [][2]int{{1, 41}, {1, 6}}, tolerance: "Attention/decode", padCols: 1},
+	{name: "hd128_g2_bs5", heads: 4, kv: 2, hd: 128, bs: 5, seqs: [][2]int{{1, 600}, {1, 33}}, tolerance: "Attention/decode", spareBlocks: 3},
+}
+
+func TestOpAttentionDecodeShapes(t *testing.T) {
+	forEachCUDA(t, func(t *testing.T, b *Backend, gpu bool) {
+		for i, c := range decodeShapeCases {
+			t.Run(c.name, func(t *testing.T) {
+				compare(t, "out", c.tolerance, runAttention(t, b, c, uint64(100+i)), runAttention(t, ref(), c, uint64(100+i)))
+			})
+		}
+	})
+}

@@ -126,7 +126,7 @@ func TestBenchmarkCodeSim(t *testing.T) {
 	shape := synth.Shapes["tiny"]
 	dir := filepath.Join(t.TempDir(), "tiny")
 	require.NoError(t, synth.Write(dir, shape, synth.Options{Seed: 2}))
-	runBenchmark(t, b, dir, shape, benchSizes{seqs: 4, ctx: 20, bs: 4, prefillSeqs: 2, decodeSteps: 2, sampleRows: 2,
+	runBenchmark(t, b, dir, shape, benchSizes{seqs: 4, ctx: 20, bs: 4, prefillSeqs: 1, decodeSteps: 2, sampleRows: 2,
 		vocab: 3001, projNe: 3, projD: 48, projHid: 96, projK: 2, reps: 2})
 }
 
@@ -165,19 +165,32 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 			}
 		}
 		// Prefill: batches of prefillSeqs sequences × ctx tokens; the first one warms up.
+		// With graphs on, the last batch is profiled behind a held stream instead of timed.
 		var prefill time.Duration
 		ps := sz.prefillSeqs
+		timed := 0
 		for k := 0; k < seqs/ps; k++ {
 			bt := textBatch(r, all[ps*k:ps*k+ps], ctx, bs)
+			profiled := graphs && k == seqs/ps-1 && k > 1
+			if profiled {
+				b.ResetProfile()
+				require.NoError(t, b.Hold(profileHold))
+				b.SetProfiling(true)
+			}
 			start := time.Now()
 			_, err := m.Forward(bt)
 			require.NoError(t, err)
-			if k > 0 {
+			switch {
+			case profiled:
+				b.SetProfiling(false)
+				printProfile(fmt.Sprintf("prefill %d × %d step, stream held:", ps, ctx), b.Profile(), 1)
+			case k > 0:
 				prefill += time.Since(start)
+				timed++
 			}
 		}
 		if graphs {
-			tps := float64(ps*ctx*(seqs/ps-1)) / prefill.Seconds()
+			tps := float64(ps*ctx*timed) / prefill.Seconds()
 			tokens := float64(ps * ctx)
 			// Issue 6 counts every weight for every token; what runs is the layers' GEMMs for
 			// every token, the LM head for the logit rows and causal attention.
@@ -361,17 +374,23 @@ func profileDecode(t *testing.T, b *Backend, m *model.Model, r *rand.Rand, seqs 
 		b.SetProfiling(false)
 		require.NoError(t, err)
 	}
-	prof := b.Profile()
+	total, calls := printProfile(fmt.Sprintf("batch-%d decode step, eager, stream held, per step:", len(seqs)), b.Profile(), profSteps)
+	return total, calls
+}
+
+// printProfile prints prof's kernels (BENCH-PROFILE lines) per step over steps steps under
+// title, and returns the GPU time and launches per step.
+func printProfile(title string, prof []ml.OpTime, steps int) (time.Duration, float64) {
 	var total time.Duration
 	var calls int64
-	fmt.Printf("BENCH-PROFILE | batch-%d decode step, eager, stream held, per step: %-10s | %9s | %9s\n", len(seqs), "kernel", "launches", "GPU µs")
+	fmt.Printf("BENCH-PROFILE | %-62s | %9s | %9s\n", title+" kernel", "launches", "GPU µs")
 	for _, o := range prof {
 		total += o.Total
 		calls += o.Calls
-		fmt.Printf("BENCH-PROFILE | %-62s | %9.1f | %9.1f\n", o.Name, float64(o.Calls)/profSteps, float64(o.Total.Nanoseconds())/1e3/profSteps)
+		fmt.Printf("BENCH-PROFILE | %-62s | %9.1f | %9.1f\n", o.Name, float64(o.Calls)/float64(steps), float64(o.Total.Nanoseconds())/1e3/float64(steps))
 	}
-	fmt.Printf("BENCH-PROFILE | %-62s | %9.1f | %9.1f\n", "total", float64(calls)/profSteps, float64(total.Nanoseconds())/1e3/profSteps)
-	return total / profSteps, float64(calls) / profSteps
+	fmt.Printf("BENCH-PROFILE | %-62s | %9.1f | %9.1f\n", "total", float64(calls)/float64(steps), float64(total.Nanoseconds())/1e3/float64(steps))
+	return total / time.Duration(steps), float64(calls) / float64(steps)
 }
 
 // gemmShapes times the GEMMs of one decoder layer and the LM head (vocab rows) of shape (bf16
