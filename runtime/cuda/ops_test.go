@@ -31,7 +31,7 @@ var tolerances = map[string]tol{
 	"Attention/decode":  {1e-4, 1e-3},   // f32 math over the same bf16 cache values
 	"Attention/mma":     {1.5e-2, 6e-2}, // q and P rounded to bf16 for the tensor cores
 	"Embed/custom":      {1e-2, 4e-2},   // custom and mid rounded to bf16 for the tensor cores
-	"Graph":             {1e-5, 1e-4},   // a replayed step: only the attention split may differ
+	"Graph":             {2e-3, 1e-2},   // a replayed step: the batch (gemv at 1 row, cuBLASLt above) and the attention split may differ, and so may a bf16 rounding of an activation
 }
 
 func ref() ml.Backend { return cpu.NewReference() }
