@@ -30,7 +30,8 @@
 //       m16n8k16 bf16 → f32). Grid (⌈max qlen/64⌉, heads, sequences), block 128 (4 warps × 16
 //       query rows), dynamic shared memory (64 + 2·64)·(hd+8)·2 bytes (Q, K, V tiles; 52 KiB at
 //       hd 128, opted in at load). Q is scaled by scale·log2 e and rounded to bf16; K/V tiles of
-//       64 tokens are gathered from the pages through the block table; S = Q·Kᵀ, causal mask,
+//       64 tokens are gathered from the pages through the block table (all of a thread's loads
+//       in flight at once); S = Q·Kᵀ, causal mask,
 //       online softmax in exp2, O += P·V with P rounded to bf16; chunked prefill over a cached
 //       prefix is the same loop starting at position 0.
 //   qvl_attn_generic  any head_dim ≤ 256 and any group size: one warp per (row, head), online
@@ -443,24 +444,44 @@ __device__ __forceinline__ void attn_prefill(float* __restrict__ out, qvl_bf16* 
     for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
 
-    for (int kv0 = 0; kv0 < kv_end; kv0 += BKV) {
-        __syncthreads();  // the previous tile is consumed (and, the first time, Q is stored)
-        for (int e = tid; e < BKV * (HD / 8); e += NT) {
-            const int r = e / (HD / 8), c = e % (HD / 8);
-            const int t = kv0 + r;
-            uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = make_uint4(0u, 0u, 0u, 0u);
+    // K/V tiles: each thread issues all its PER 16-byte loads of K and of V before storing any
+    // (one round trip per tile where a loop of dependent loads cost PER). Prefetching the next
+    // tile into registers during the math as well took 254 registers (2 blocks an SM instead of
+    // 3 at 164); the other resident blocks hide the round trip instead.
+    constexpr int PER = BKV * (HD / 8) / NT;
+    static_assert(PER * NT == BKV * (HD / 8), "the tile divides among the threads");
+    const bool pow2 = (bs & (bs - 1)) == 0;
+    const int shift = __ffs(bs) - 1;
+    uint4 kn[PER], vn[PER];
+    auto fetch = [&](int kvs) {
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            const int e = tid + i * NT, r = e / (HD / 8), c = e % (HD / 8);
+            const int t = kvs + r;
+            kn[i] = make_uint4(0u, 0u, 0u, 0u);
+            vn[i] = make_uint4(0u, 0u, 0u, 0u);
             if (t < kv_end) {
-                const int blk = table[t / bs];
+                const int pgi = pow2 ? (t >> shift) : (t / bs);
+                const int blk = table[pgi];
                 if (blk >= 0 && blk < num_blocks) {
-                    const long long off = (((long long)blk * kv_heads + kvh) * bs + t % bs) * HD + c * 8;
-                    kv = *reinterpret_cast<const uint4*>(kc + off);
-                    vv = *reinterpret_cast<const uint4*>(vc + off);
+                    const int off = pow2 ? (t & (bs - 1)) : (t - pgi * bs);
+                    const long long at = (((long long)blk * kv_heads + kvh) * bs + off) * HD + c * 8;
+                    kn[i] = *reinterpret_cast<const uint4*>(kc + at);
+                    vn[i] = *reinterpret_cast<const uint4*>(vc + at);
                 } else {
                     qvl_raise(err, QVL_ERR_ATTN_BLOCK);
                 }
             }
-            *reinterpret_cast<uint4*>(Ks + r * LD + c * 8) = kv;
-            *reinterpret_cast<uint4*>(Vs + r * LD + c * 8) = vv;
+        }
+    };
+    for (int kv0 = 0; kv0 < kv_end; kv0 += BKV) {
+        fetch(kv0);
+        __syncthreads();  // the previous tile is consumed (and, the first time, Q is stored)
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            const int e = tid + i * NT, r = e / (HD / 8), c = e % (HD / 8);
+            *reinterpret_cast<uint4*>(Ks + r * LD + c * 8) = kn[i];
+            *reinterpret_cast<uint4*>(Vs + r * LD + c * 8) = vn[i];
         }
         __syncthreads();
 

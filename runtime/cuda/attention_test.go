@@ -141,7 +141,8 @@ func TestGPUAttentionShapes(t *testing.T) {
 
 // decodeShapeCases cover every decode instance's reduction layout (head sizes 32…256, groups
 // 1…8, so that a lane holds from one to several of a warp step's dot products, or shares one
-// with other lanes) and a block size that is not a power of two (the division path).
+// with other lanes) and block sizes that are not a power of two (the division path), for the
+// decode and the prefill kernels.
 var decodeShapeCases = []attnCase{
 	{name: "hd64_g1", heads: 2, kv: 2, hd: 64, bs: 16, seqs: [][2]int{{1, 77}, {1, 5}}, tolerance: "Attention/decode"},
 	{name: "hd128_g8", heads: 8, kv: 1, hd: 128, bs: 16, seqs: [][2]int{{1, 133}, {1, 1}}, tolerance: "Attention/decode"},
@@ -149,6 +150,9 @@ var decodeShapeCases = []attnCase{
 	{name: "hd256_g4", heads: 4, kv: 1, hd: 256, bs: 16, seqs: [][2]int{{1, 90}}, tolerance: "Attention/decode"},
 	{name: "hd256_g1_bs6", heads: 3, kv: 3, hd: 256, bs: 6, seqs: [][2]int{{1, 41}, {1, 6}}, tolerance: "Attention/decode", padCols: 1},
 	{name: "hd128_g2_bs5", heads: 4, kv: 2, hd: 128, bs: 5, seqs: [][2]int{{1, 600}, {1, 33}}, tolerance: "Attention/decode", spareBlocks: 3},
+	// The prefill kernel's page lookup by division, and a chunk over a cached prefix.
+	{name: "prefill_hd64_bs12", heads: 4, kv: 2, hd: 64, bs: 12, seqs: [][2]int{{70, 100}, {33, 33}}, tolerance: "Attention/mma", spareBlocks: 2},
+	{name: "prefill_hd128_bs6", heads: 2, kv: 1, hd: 128, bs: 6, seqs: [][2]int{{130, 130}}, tolerance: "Attention/mma"},
 }
 
 func TestOpAttentionDecodeShapes(t *testing.T) {
