@@ -287,3 +287,44 @@ func TestGPULinearOnStream(t *testing.T) {
 		}
 	})
 }
+
+// TestGPUTuneLinear: TuneLinear times every candidate, keeps one, writes the product as Linear
+// would, and later Linear calls of the shape use the kept algorithm with the same result.
+func TestGPUTuneLinear(t *testing.T) {
+	withHandle(t, Options{}, func(h *Handle) {
+		r := rand.New(rand.NewPCG(13, 14))
+		for _, dims := range [][3]int{{1, 2048, 2048}, {64, 2048, 6144}, {3, 515, 72}} {
+			m, n, k := dims[0], dims[1], dims[2]
+			xb, wb, x, w := linearOperands(r, m, n, k)
+			xp, wp := upload(t, xb), upload(t, wb)
+			yp, err := cuda.MemAlloc(uint64(m * n * 4))
+			require.NoError(t, err)
+			s := LinearShape{m, n, k, R16BF, R16BF, R32F}
+			require.False(t, h.Tuned(s, xp, wp, yp))
+			res, err := h.TuneLinear(s, xp, wp, yp, 3)
+			require.NoError(t, err)
+			require.True(t, h.Tuned(s, xp, wp, yp))
+			require.GreaterOrEqual(t, res.Best, 0)
+			require.Positive(t, res.Times[res.Best])
+			t.Logf("%d×%d×%d: candidates %v, kept %d", m, n, k, res.Times, res.Best)
+			want := make([]float64, m*n)
+			linearRef(m, n, k, x, w, 0, want)
+			got := make([]float32, m*n)
+			require.NoError(t, cuda.MemcpyDtoH(got, yp))
+			requireClose(t, want, absRef(m, n, k, x, w), got, 0, "tuned")
+			nan := make([]float32, m*n)
+			for i := range nan {
+				nan[i] = float32(math.NaN())
+			}
+			require.NoError(t, cuda.MemcpyHtoD(yp, nan)) // Linear must overwrite all of y
+			require.NoError(t, h.Linear(s, xp, wp, yp, 0))
+			require.NoError(t, cuda.MemcpyDtoH(got, yp))
+			requireClose(t, want, absRef(m, n, k, x, w), got, 0, "after tuning")
+			for _, p := range []cuda.DevicePtr{xp, wp, yp} {
+				require.NoError(t, cuda.MemFree(p))
+			}
+		}
+		_, err := h.TuneLinear(LinearShape{1, 8, 8, R16BF, R16BF, R32F}, 0, 0, 0, 3)
+		require.Error(t, err, "nil pointers")
+	})
+}

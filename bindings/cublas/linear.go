@@ -62,6 +62,10 @@ type plan struct {
 	desc, aDesc, bDesc, cDesc uintptr
 	algo                      [8]uint64
 	workspace                 uint64
+	// cands are the heuristic's usable algorithms, best guess first; tuned is set once
+	// TuneLinear has timed them and put the fastest in algo.
+	cands []heuristicResult
+	tuned bool
 }
 
 func (p *plan) destroy() error {
@@ -179,9 +183,12 @@ func (h *Handle) newPlan(k planKey) (*plan, error) {
 	}
 	for _, r := range results[:n] {
 		if r.state == 0 && r.workspace <= h.wsSize {
-			p.algo, p.workspace = r.algo, r.workspace
-			return p, nil
+			p.cands = append(p.cands, r)
 		}
+	}
+	if len(p.cands) > 0 {
+		p.algo, p.workspace = p.cands[0].algo, p.cands[0].workspace
+		return p, nil
 	}
 	return fail(&Error{Func: "cublasLtMatmulAlgoGetHeuristic", Code: StatusNotSupported,
 		Detail: fmt.Sprintf("%d candidate algorithms, none usable with %d bytes of workspace", n, h.wsSize)})
@@ -193,30 +200,45 @@ func (h *Handle) newPlan(k planKey) (*plan, error) {
 // alignments comes from the cache when present; with a cached plan Linear
 // does not allocate.
 func (h *Handle) Linear(s LinearShape, x, w, y cuda.DevicePtr, beta float32) error {
-	if err := s.validate(); err != nil {
+	p, owned, err := h.linearPlan(s, x, w, y)
+	if err != nil {
 		return err
 	}
+	err = h.matmul(s, p.algo, p, x, w, y, beta)
+	if owned {
+		err = errors.Join(err, p.destroy())
+	}
+	return err
+}
+
+// linearPlan validates a Linear call and returns its plan: the cached one, or a new one that
+// is cached, or (owned, without a plan cache) one the caller must destroy.
+func (h *Handle) linearPlan(s LinearShape, x, w, y cuda.DevicePtr) (p *plan, owned bool, err error) {
+	if err := s.validate(); err != nil {
+		return nil, false, err
+	}
 	if x == 0 || w == 0 || y == 0 {
-		return &Error{Func: "Linear", Code: StatusInvalidValue, Detail: "nil device pointer"}
+		return nil, false, &Error{Func: "Linear", Code: StatusInvalidValue, Detail: "nil device pointer"}
 	}
 	k := planKey{LinearShape: s, alignX: alignment(x), alignW: alignment(w), alignY: alignment(y)}
-	var p *plan
-	cached := false
 	if h.plans != nil {
-		p, cached = h.plans.Get(k)
-	}
-	if !cached {
-		var err error
-		if p, err = h.newPlan(k); err != nil {
-			return err
-		}
-		if h.plans != nil {
-			h.plans.Add(k, p)
-		} else {
-			defer p.destroy()
+		if p, ok := h.plans.Get(k); ok {
+			return p, false, nil
 		}
 	}
-	h.alpha, h.beta, h.algo = 1, beta, p.algo
+	if p, err = h.newPlan(k); err != nil {
+		return nil, false, err
+	}
+	if h.plans != nil {
+		h.plans.Add(k, p)
+		return p, false, nil
+	}
+	return p, true, nil
+}
+
+// matmul queues cublasLtMatmul of plan p with algorithm algo.
+func (h *Handle) matmul(s LinearShape, algo [8]uint64, p *plan, x, w, y cuda.DevicePtr, beta float32) error {
+	h.alpha, h.beta, h.algo = 1, beta, algo
 	h.pin.Pin(h)
 	pa, pb, palgo := h.scalarPtrs()
 	h.call = [20]uintptr{h.lt, p.desc, pa, uintptr(w), p.aDesc, uintptr(x), p.bDesc, pb,

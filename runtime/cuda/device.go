@@ -3,6 +3,8 @@ package cuda
 import (
 	"errors"
 	"fmt"
+	"os"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -89,6 +91,24 @@ type gpuDevice struct {
 }
 
 var errCapturing = errors.New("cuda: not allowed while a graph is being captured")
+
+// envTune set to "0" keeps cuBLASLt's heuristic choice for every GEMM (no tuning).
+const envTune = "QVL_CUBLASLT_TUNE"
+
+// tuneMaxRows bounds the GEMMs whose cuBLASLt algorithm is tuned on first use: decode steps,
+// whose row counts are few (graphs pad them to powers of two) and whose skinny shapes the
+// heuristic guesses worst (the H100's o projection at 64 rows ran at 35% of bandwidth).
+// Prefill GEMMs (hundreds to thousands of rows, each length a new shape) keep the heuristic's
+// choice, which ran at 97% of the bf16 peak there.
+const tuneMaxRows = 256
+
+// tuneReps is how many timed runs each candidate algorithm gets.
+const tuneReps = 5
+
+// tuneOff is set when envTune is "0".
+var tuneOff atomic.Bool
+
+func init() { tuneOff.Store(os.Getenv(envTune) == "0") }
 
 // openGPU opens device ordinal: its context on a locked thread, a stream, cuBLASLt on that
 // stream, the embedded PTX modules (JIT-compiled by the driver for this GPU), the upload
@@ -261,6 +281,13 @@ func (g *gpuDevice) linear(m, n, k int, bf16 bool, x, w, y uintptr) error {
 		t = cublas.R16BF
 	}
 	s := cublas.LinearShape{M: m, N: n, K: k, XType: t, WType: t, YType: cublas.R32F}
+	if m <= tuneMaxRows && !tuneOff.Load() && !g.capturing && !g.blas.Tuned(s, drv.DevicePtr(x), drv.DevicePtr(w), drv.DevicePtr(y)) {
+		// The first call of a decode-sized shape times the heuristic's candidates and keeps the
+		// fastest (it writes y as the GEMM would); on any error the plain call below runs.
+		if _, err := g.blas.TuneLinear(s, drv.DevicePtr(x), drv.DevicePtr(w), drv.DevicePtr(y), tuneReps); err == nil {
+			return nil
+		}
+	}
 	err := g.blas.Linear(s, drv.DevicePtr(x), drv.DevicePtr(w), drv.DevicePtr(y), 0)
 	if err != nil && !g.capturing {
 		// cuBLASLt's heuristic may offer no algorithm for an odd shape or alignment; classic
