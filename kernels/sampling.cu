@@ -1,4 +1,4 @@
-// sampling.cu — batched top-k and sampling over logits [B, V], one block per row, no full sort.
+// sampling.cu — batched top-k and sampling over logits [B, V], S blocks per row, no full sort.
 //
 //   qvl_topk    ids/vals[r, :k[r]] = the k[r] largest logits of row r, best first, ties by lower
 //               id; NaN never selected (rows with fewer non-NaN entries pad with id −1, −inf).
@@ -11,36 +11,50 @@
 //               exp((x − max)/T) in f64, as the reference computes them (f32 weights flip min-p
 //               decisions near the cut: 2 of 151,936 tokens in a flat row did).
 //
-// Fast path (top-k with k ≤ 1024, and every sampling row with 1 ≤ top_k ≤ 1024): two passes.
-//   1. Each thread takes the max of its share of the row (16-byte loads, no atomics); the block
-//      max of those is the row max. The k-th largest of the 1024 thread maxes, T0, found by a
-//      32-step bisection on order-preserving keys with __syncthreads_count, is a lower bound of
-//      the row's k-th largest value (the thread maxes are k entries of the row).
-//   2. The entries ≥ T0 are collected into shared memory (a ballot per 16 entries; one shared
-//      atomic per warp that holds any), at most QVL_CAND_MAX of them, and bitonic-sorted by
-//      (value, −id): the best k are the answer. For i.i.d. logits the candidates are barely more
-//      than k (top-k 50 of 151,936: about 51, as the row's top 50 seldom share a thread).
-// Fallback (k > 1024, or more than QVL_CAND_MAX candidates: many ties, flat rows, k near 1024):
-// an exact radix select on the same keys (FlashInfer and PyTorch's top-k do the same): four
-// passes of 8-bit digits histogram the row in shared memory and narrow the k-th largest key T;
-// one more pass collects the keys > T and the lowest-id ties = T (a radix select on ids breaks
-// ties when there are more ties than places); a bitonic sort orders the ≤ 1024 winners.
-// Sampling uses the same machinery: with top-k ≤ 1024 (or a top-p/min-p prefix that ends
-// inside the best 1024) the kept prefix is sorted in shared memory and its prefix sums are a
-// block scan; longer prefixes use "mass selects", radix selects driven by per-bin probability
-// mass instead of counts, so nothing larger than 1024 is ever sorted. Greedy rows are one
-// argmax pass; unfiltered sampling is one pass of per-thread chunk sums, a block scan and a
-// scan of one chunk.
+// Fast path (top-k with k ≤ 1024, and every sampling row with 1 ≤ top_k ≤ 1024): two passes,
+// each row split into S contiguous slices of its float4s, one block per slice (select_fast).
+//   1. Each thread takes the max of its share of the slice (16-byte loads, 8 in flight per
+//      thread, no atomics); the block max of those is the slice max. The k-th largest of the
+//      1024 thread maxes, T0, found by a 32-step bisection on order-preserving keys with
+//      __syncthreads_count, is a lower bound of the slice's k-th largest value and so of the
+//      row's (the thread maxes are k entries of the row).
+//   2. The slice's entries ≥ T0 are collected into shared memory (a ballot per 16 entries; one
+//      shared atomic per warp that holds any), at most QVL_CAND_MAX of them.
+//   With S = 1 they are bitonic-sorted by (value, −id) and the best k are the answer. With
+//   S > 1 each block writes its count, T0, slice max and candidates to global scratch and the
+//   last block of the row to finish (an arrival counter per row after a __threadfence, put
+//   back to 0 by that block, as the decode attention's split-K merge) keeps the candidates ≥
+//   the best of the S bounds, sorts them and goes on alone; the row max is the max of the
+//   slice maxes. For i.i.d. logits each slice yields barely more than k candidates and the
+//   merge barely more than k (top-k 50 of 151,936: about 51, as the row's top 50 seldom share
+//   a thread). Greedy rows split the same way: per-slice argmax, merged by the last block.
+// Fallback (k > 1024, or more than QVL_CAND_MAX candidates in a slice or after the merge: many
+// ties, flat rows, k near 1024): one block (the row's last, or its first when k > 1024) runs an
+// exact radix select over the whole row on the same keys (FlashInfer and PyTorch's top-k do the
+// same): four passes of 8-bit digits histogram the row in shared memory and narrow the k-th
+// largest key T; one more pass collects the keys > T and the lowest-id ties = T (a radix select
+// on ids breaks ties when there are more ties than places); a bitonic sort orders the ≤ 1024
+// winners. Sampling uses the same machinery: with top-k ≤ 1024 (or a top-p/min-p prefix that
+// ends inside the best 1024) the kept prefix is sorted in shared memory and its prefix sums are
+// a block scan; longer prefixes use "mass selects", radix selects driven by per-bin probability
+// mass instead of counts, so nothing larger than 1024 is ever sorted. Unfiltered sampling (the
+// row's first block alone) is one argmax pass, one pass of per-thread chunk sums, a block scan
+// and a scan of one chunk.
 //
 // Parameters: six 32-bit words per row: temperature, top_k (an int; 0 = all), top_p, min_p
-// (floats) and the draw u as an f64 in the last two.
-// Launch: grid (B), block 1024, ~28 KiB static shared memory.
+// (floats) and the draw u as an f64 in the last two. Split scratch (unused when S = 1): done[B]
+// arrival counters (0 between launches), meta[B·S·4] words, cand[B·S·QVL_CAND_MAX] entries.
+// Launch: grid (B, S), block 1024, ~28 KiB static shared memory, 64 registers: one block per
+// SM. The backend (splitRows, runtime/cuda/sampler.go) fills one wave: S = ⌊SMs / B⌋, at most 8,
+// slices of ≥ 16,384 logits; 64 rows on the H100's 132 SMs: S = 2, batch 1: S = 8.
 // Floor: each row is read once, 4·V bytes: 64 × 151936 logits are 38.9 MB, 13 µs from DRAM at
 // 3 TB/s (the batch fits in H100's 50 MB L2, so the second pass, and a benchmark's repeats, hit
-// L2). The fast path reads each row twice: one block streams its 608 KB row per pass, so a pass
-// is bound by one SM's load bandwidth (~64 B/clock from L2, ~5 µs) or L2's (~7 µs for the batch);
-// with the in-block work (bisection, sort, scans, ~2 µs) about 15 µs for top-k 20 + top-p over
-// 64 × 151,936 (issue 6's target: 25 µs).
+// L2). The fast path reads each row twice. One block per row (S = 1) measured 31.5 µs on the
+// H100 for top-k 20 + top-p 0.8 over 64 × 151,936: one SM streamed 2 × 608 KB at ~50 GB/s
+// (64 KB in flight per SM at ~1.2 µs of loaded L2 latency), 68 SMs idle. With S = 2, 128 SMs
+// stream 304 KB per pass each with 128 KB in flight in pass 1; a pass is then bound by L2's
+// bandwidth for the batch (~7 µs) or one SM's (~6 µs), plus ~5 µs of in-block work (bisection,
+// sort, scans) and ~1.5 µs of merge: about 19 µs (issue 6's target: 25 µs).
 #include "common.cuh"
 
 #define QVL_SAMPLE_THREADS 1024
@@ -58,6 +72,7 @@ struct SelState {
     unsigned bc_u[4];
     double bc_d[2];
     unsigned cnt;
+    unsigned last;  // split rows: this block is the last of its row to finish (last_of_row)
 };
 
 // qvl_key maps a float to an unsigned key with the same order; NaN maps to 0 (excluded) and
@@ -76,14 +91,19 @@ __device__ __forceinline__ float qvl_key_value(unsigned k) {
 
 // RowSpan splits a row for 16-byte loads: head (< 4 entries) up to the first 16-byte boundary,
 // nvec float4s, then the tail entries from tail0 (< 4). Entry id of float4 j, component c:
-// head + 4·j + c.
+// head + 4·j + c. A block reads the slice [j0, j1) of the float4s, plus the head when it owns
+// slice 0 and the tail when it owns the last slice (one block per row: the whole row).
 struct RowSpan {
     const float* row;
     const float4* vec;
     int V, head, nvec, tail0;
+    int j0, j1;
+    bool own_head, own_tail;
 };
 
-__device__ __forceinline__ RowSpan row_span(const float* row, int V) {
+// row_span is slice sl of S of the row: the float4s are split into S contiguous runs whose
+// sizes differ by at most one.
+__device__ __forceinline__ RowSpan row_span(const float* row, int V, int sl, int S) {
     RowSpan s;
     s.row = row;
     s.V = V;
@@ -92,6 +112,10 @@ __device__ __forceinline__ RowSpan row_span(const float* row, int V) {
     s.nvec = (V - s.head) >> 2;
     s.tail0 = s.head + 4 * s.nvec;
     s.vec = reinterpret_cast<const float4*>(row + s.head);
+    s.j0 = (int)((long long)s.nvec * sl / S);
+    s.j1 = (int)((long long)s.nvec * (sl + 1) / S);
+    s.own_head = sl == 0;
+    s.own_tail = sl == S - 1;
     return s;
 }
 
@@ -105,26 +129,24 @@ __device__ __forceinline__ float4 qvl_ld4(const float4* p) {
 
 __device__ __forceinline__ float qvl_nanf() { return __int_as_float(0x7fffffff); }
 
-// thread_max is the largest non-NaN entry of this thread's share of the row (NaN if none):
-// fmaxf returns the other operand when one is NaN.
+// thread_max is the largest non-NaN entry of this thread's share of the block's slice (NaN if
+// none).
+// fmaxf returns the other operand when one is NaN. The slice is read QVL_LOADS float4s per
+// thread at a time (predicated, so that the last round is one round of loads too).
+#define QVL_LOADS 8
 __device__ float thread_max(const RowSpan& s) {
     const int tid = threadIdx.x, bd = blockDim.x;
+    const float4 none = make_float4(qvl_nanf(), qvl_nanf(), qvl_nanf(), qvl_nanf());
     float m = qvl_nanf();
-    if (tid < s.head) m = s.row[tid];
-    int j = tid;
-    for (; j + 3 * bd < s.nvec; j += 4 * bd) {
-        const float4 a = qvl_ld4(s.vec + j), b = qvl_ld4(s.vec + j + bd), c = qvl_ld4(s.vec + j + 2 * bd),
-                     d = qvl_ld4(s.vec + j + 3 * bd);
-        m = fmaxf(m, fmaxf(fmaxf(a.x, a.y), fmaxf(a.z, a.w)));
-        m = fmaxf(m, fmaxf(fmaxf(b.x, b.y), fmaxf(b.z, b.w)));
-        m = fmaxf(m, fmaxf(fmaxf(c.x, c.y), fmaxf(c.z, c.w)));
-        m = fmaxf(m, fmaxf(fmaxf(d.x, d.y), fmaxf(d.z, d.w)));
+    if (s.own_head && tid < s.head) m = s.row[tid];
+    for (int j = s.j0 + tid; j < s.j1; j += QVL_LOADS * bd) {
+        float4 a[QVL_LOADS];
+#pragma unroll
+        for (int u = 0; u < QVL_LOADS; u++) a[u] = j + u * bd < s.j1 ? qvl_ld4(s.vec + j + u * bd) : none;
+#pragma unroll
+        for (int u = 0; u < QVL_LOADS; u++) m = fmaxf(m, fmaxf(fmaxf(a[u].x, a[u].y), fmaxf(a[u].z, a[u].w)));
     }
-    for (; j < s.nvec; j += bd) {
-        const float4 a = qvl_ld4(s.vec + j);
-        m = fmaxf(m, fmaxf(fmaxf(a.x, a.y), fmaxf(a.z, a.w)));
-    }
-    if (tid < s.V - s.tail0) m = fmaxf(m, s.row[s.tail0 + tid]);
+    if (s.own_tail && tid < s.V - s.tail0) m = fmaxf(m, s.row[s.tail0 + tid]);
     return m;
 }
 
@@ -153,9 +175,10 @@ __device__ __forceinline__ unsigned kth_thread_key(unsigned key, unsigned k) {
     return T;
 }
 
-// push_cand appends (key(v), id) to st.sortbuf for the lanes with pred (one atomic per warp);
-// every lane of the warp calls it. Entries past QVL_CAND_MAX are counted, not stored.
-__device__ __forceinline__ void push_cand(bool pred, float v, int id, SelState& st) {
+// push_entry appends the sort entry e = key << 32 | ~id to st.sortbuf for the lanes with pred
+// (one atomic per warp); every lane of the warp calls it. Entries past QVL_CAND_MAX are
+// counted, not stored.
+__device__ __forceinline__ void push_entry(bool pred, unsigned long long e, SelState& st) {
     const unsigned b = __ballot_sync(QVL_FULL_MASK, pred);
     if (b == 0u) return;
     const int lane = threadIdx.x & 31, leader = __ffs((int)b) - 1;
@@ -164,8 +187,13 @@ __device__ __forceinline__ void push_cand(bool pred, float v, int id, SelState& 
     base = __shfl_sync(QVL_FULL_MASK, base, leader);
     if (pred) {
         const unsigned pos = base + (unsigned)__popc(b & ((1u << lane) - 1u));
-        if (pos < QVL_CAND_MAX) st.sortbuf[pos] = ((unsigned long long)qvl_key(v) << 32) | (unsigned long long)(~(unsigned)id);
+        if (pos < QVL_CAND_MAX) st.sortbuf[pos] = e;
     }
+}
+
+// push_cand is push_entry of (key(v), id).
+__device__ __forceinline__ void push_cand(bool pred, float v, int id, SelState& st) {
+    push_entry(pred, ((unsigned long long)qvl_key(v) << 32) | (unsigned long long)(~(unsigned)id), st);
 }
 
 // bitonic_desc sorts st.sortbuf[0 .. P) (P a power of two) in descending order; every thread
@@ -190,40 +218,36 @@ __device__ void bitonic_desc(unsigned P, SelState& st) {
     __syncthreads();
 }
 
-// fast_candidates is the fast path's selection given this thread's max tmax (pass 1): it finds
-// T0, collects the entries ≥ T0 (pass 2) and, when they fit, sorts them best first into
-// st.sortbuf and returns their number (≥ min(k, #non-NaN entries), all the entries ≥ the k-th
-// largest); otherwise it returns a number > QVL_CAND_MAX and st.sortbuf holds nothing useful.
-// *all is set when T0 = 0, i.e. the candidates are every non-NaN entry. Every thread calls it.
-__device__ unsigned fast_candidates(const RowSpan& s, float tmax, unsigned k, SelState& st, bool* all) {
-    const unsigned T0 = kth_thread_key(qvl_key(tmax), k);
-    *all = T0 == 0u;
+// collect_cands is the fast path's pass 2 over the block's slice: the entries with key ≥ T0
+// go to st.sortbuf, unsorted (the first QVL_CAND_MAX of them); it returns their number, which
+// may exceed QVL_CAND_MAX. Every thread calls it; it ends with a barrier.
+__device__ unsigned collect_cands(const RowSpan& s, unsigned T0, SelState& st) {
     const float f0 = T0 == 0u ? -INFINITY : qvl_key_value(T0);  // key(x) ≥ T0 ⇔ x ≥ f0 for x not NaN
     const int tid = threadIdx.x, lane = tid & 31, bd = blockDim.x;
     if (tid == 0) st.cnt = 0u;
     __syncthreads();
     if (tid < 32) {  // the head and tail entries: warp 0, lanes 0–3 and 8–11
         int id = -1;
-        if (lane < s.head) id = lane;
-        else if (lane >= 8 && lane - 8 < s.V - s.tail0) id = s.tail0 + lane - 8;
+        if (s.own_head && lane < s.head) id = lane;
+        else if (s.own_tail && lane >= 8 && lane - 8 < s.V - s.tail0) id = s.tail0 + lane - 8;
         const float v = id >= 0 ? s.row[id] : qvl_nanf();
         push_cand(v >= f0, v, id, st);
     }
     const float4 none = make_float4(qvl_nanf(), qvl_nanf(), qvl_nanf(), qvl_nanf());
-    for (int j0 = tid - lane; j0 < s.nvec; j0 += 4 * bd) {  // uniform in each warp
+    for (int jw = s.j0 + tid - lane; jw < s.j1; jw += 4 * bd) {  // uniform in each warp
         float4 a[4];
         bool any = false;
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-            const int j = j0 + u * bd + lane;
-            a[u] = j < s.nvec ? qvl_ld4(s.vec + j) : none;
+            const int j = jw + u * bd + lane;
+            a[u] = j < s.j1 ? qvl_ld4(s.vec + j) : none;
         }
 #pragma unroll
         for (int u = 0; u < 4; u++) any |= (a[u].x >= f0) | (a[u].y >= f0) | (a[u].z >= f0) | (a[u].w >= f0);
         if (__ballot_sync(QVL_FULL_MASK, any) == 0u) continue;
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-            const int id = s.head + 4 * (j0 + u * bd + lane);
+            const int id = s.head + 4 * (jw + u * bd + lane);
             push_cand(a[u].x >= f0, a[u].x, id, st);
             push_cand(a[u].y >= f0, a[u].y, id + 1, st);
             push_cand(a[u].z >= f0, a[u].z, id + 2, st);
@@ -232,15 +256,111 @@ __device__ unsigned fast_candidates(const RowSpan& s, float tmax, unsigned k, Se
     }
     __syncthreads();
     const unsigned C = st.cnt;
-    if (C > QVL_CAND_MAX) {
-        __syncthreads();
-        return C;
-    }
+    __syncthreads();
+    return C;
+}
+
+// sort_cands sorts the C candidates in st.sortbuf best first when they fit (C ≤ QVL_CAND_MAX)
+// and returns C. Every thread calls it with the same C.
+__device__ unsigned sort_cands(unsigned C, SelState& st) {
+    if (C > QVL_CAND_MAX) return C;
     unsigned P = 1u;
     while (P < C) P <<= 1;
-    for (unsigned i = C + tid; i < P; i += bd) st.sortbuf[i] = 0ull;
+    for (unsigned i = C + threadIdx.x; i < P; i += blockDim.x) st.sortbuf[i] = 0ull;
     bitonic_desc(P, st);
     return C;
+}
+
+// last_of_row counts this block's arrival at its row's counter *done (S blocks per row) and
+// returns true, to every thread, in the last block to arrive, which puts the counter back to
+// 0 for the next launch. The CUDA programming guide's threadfence reduction, as the decode
+// attention's split-K merge (attention.cu): every thread's global writes are made visible to
+// the device before thread 0 counts the block, and the last block fences again before it
+// reads the others' writes (through L2, __ldcg). Every thread calls it.
+__device__ bool last_of_row(unsigned* done, unsigned S, SelState& st) {
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned prev = atomicAdd(done, 1u);
+        const bool last = prev == S - 1u;
+        if (last) *done = 0u;
+        st.last = last ? 1u : 0u;
+    }
+    __syncthreads();
+    const bool last = st.last != 0u;
+    if (last) __threadfence();
+    return last;
+}
+
+#define QVL_NOT_LAST 0xffffffffu
+
+// select_fast is the fast path's selection of row r (k ≤ QVL_TOPK_MAX) by the gridDim.y blocks
+// of the row (S; blockIdx.y is this block's slice). Each block takes its slice's thread maxes
+// (pass 1), their k-th largest T0 (a lower bound of the slice's k-th largest entry, and so of
+// the row's: the thread maxes are k entries of the row) and the slice's entries ≥ T0 (pass 2).
+// With S = 1 those are the row's candidates. With S > 1 each block writes its count, T0, slice
+// max and (when they fit) candidates to meta/cand; the last block of the row to finish keeps
+// the entries ≥ B = max of the S bounds (a bound too, and the best of them), and the others
+// return QVL_NOT_LAST (they must return at once). In the block that goes on, the result is as
+// one block's: st.sortbuf holds the candidates best first and the count is returned (≥ min(k,
+// #non-NaN entries); every entry ≥ the row's k-th largest is one), or a count > QVL_CAND_MAX
+// when they do not fit (then nothing useful is in st.sortbuf: the caller takes the exact path
+// over the whole row). *mx is the row's largest non-NaN value (NaN if none).
+// Scratch (S > 1): meta[4·(r·S + q) + {0, 1, 2}] = count, T0, max bits of slice q; cand[(r·S +
+// q)·QVL_CAND_MAX + i] its candidates; done[r] is 0 between launches.
+__device__ unsigned select_fast(const float* row, int V, unsigned k, int r, unsigned* done, unsigned* meta,
+                                unsigned long long* cand, SelState& st, float* mx) {
+    const int S = (int)gridDim.y, sl = (int)blockIdx.y, tid = threadIdx.x, bd = blockDim.x;
+    const RowSpan s = row_span(row, V, sl, S);
+    const float tmax = thread_max(s);
+    const float bmax = block_max_f(tmax, st);
+    const unsigned T0 = kth_thread_key(qvl_key(tmax), k);
+    unsigned C = collect_cands(s, T0, st);
+    if (S == 1) {
+        *mx = bmax;
+        return sort_cands(C, st);
+    }
+    const long long me = (long long)r * S + sl;
+    if (C <= QVL_CAND_MAX) {  // an overflowing slice sends the row to the exact path: no use storing
+        unsigned long long* mine = cand + me * QVL_CAND_MAX;
+        for (unsigned i = tid; i < C; i += bd) mine[i] = st.sortbuf[i];
+    }
+    if (tid == 0) {
+        meta[4 * me] = C;
+        meta[4 * me + 1] = T0;
+        meta[4 * me + 2] = __float_as_uint(bmax);
+    }
+    if (!last_of_row(done + r, (unsigned)S, st)) return QVL_NOT_LAST;
+    // The merge reads every slice's results from L2, its own included; every thread reads the
+    // same S metas, so what follows is uniform in the block.
+    unsigned B = 0u;
+    bool over = false;
+    float m = qvl_nanf();
+    for (int q = 0; q < S; q++) {
+        const unsigned* mq = meta + 4 * ((long long)r * S + q);
+        const unsigned Cq = __ldcg(mq), Tq = __ldcg(mq + 1);
+        over |= Cq > QVL_CAND_MAX;
+        B = Tq > B ? Tq : B;
+        m = fmaxf(m, __uint_as_float(__ldcg(mq + 2)));
+    }
+    *mx = m;
+    if (over) return QVL_CAND_MAX + 1u;
+    if (tid == 0) st.cnt = 0u;
+    __syncthreads();
+    for (int q = 0; q < S; q++) {
+        const long long rq = (long long)r * S + q;
+        const unsigned Cq = __ldcg(meta + 4 * rq);
+        const unsigned long long* cq = cand + rq * QVL_CAND_MAX;
+        for (unsigned i0 = 0u; i0 < Cq; i0 += bd) {  // uniform: every warp calls push_entry
+            const unsigned i = i0 + tid;
+            const unsigned long long e = i < Cq ? __ldcg(cq + i) : 0ull;
+            push_entry(i < Cq && (unsigned)(e >> 32) >= B, e, st);
+        }
+    }
+    __syncthreads();
+    C = st.cnt;
+    __syncthreads();
+    return sort_cands(C, st);
 }
 
 // radix_select finds, among i < V with key(i) != 0, the k-th largest key T (k is clamped to the
@@ -492,26 +612,33 @@ __device__ __forceinline__ unsigned block_sum_u(unsigned v, SelState& st) {
     return v;
 }
 
-// block_argmax returns (to every thread) the largest non-NaN value and its lowest index; with
-// none larger than −inf it returns (−inf, 0), as the CPU's argmax does. Each thread scans its
-// entries in increasing id order (head, its float4s, tail), so a strict > keeps the lowest id.
+// block_argmax returns (to every thread) the largest non-NaN value of the block's slice and its
+// lowest index; with none larger than −inf it returns (−inf, 0), as the CPU's argmax does. Each
+// thread scans its entries in increasing id order (head, its float4s, tail), so a strict >
+// keeps the lowest id; QVL_LOADS float4s per thread are loaded at a time.
 __device__ __forceinline__ void block_argmax(const RowSpan& s, SelState& st, float* bv, int* bi) {
     const int tid = threadIdx.x, bd = blockDim.x;
+    const float4 none = make_float4(qvl_nanf(), qvl_nanf(), qvl_nanf(), qvl_nanf());
     float v = -INFINITY;
     int id = 0;
-    if (tid < s.head) {
+    if (s.own_head && tid < s.head) {
         const float x = s.row[tid];
         if (x > v) v = x, id = tid;
     }
-    for (int j = tid; j < s.nvec; j += bd) {
-        const float4 a = qvl_ld4(s.vec + j);
-        const int i = s.head + 4 * j;
-        if (a.x > v) v = a.x, id = i;
-        if (a.y > v) v = a.y, id = i + 1;
-        if (a.z > v) v = a.z, id = i + 2;
-        if (a.w > v) v = a.w, id = i + 3;
+    for (int j = s.j0 + tid; j < s.j1; j += QVL_LOADS * bd) {
+        float4 a[QVL_LOADS];
+#pragma unroll
+        for (int u = 0; u < QVL_LOADS; u++) a[u] = j + u * bd < s.j1 ? qvl_ld4(s.vec + j + u * bd) : none;
+#pragma unroll
+        for (int u = 0; u < QVL_LOADS; u++) {
+            const int i = s.head + 4 * (j + u * bd);
+            if (a[u].x > v) v = a[u].x, id = i;
+            if (a[u].y > v) v = a[u].y, id = i + 1;
+            if (a[u].z > v) v = a[u].z, id = i + 2;
+            if (a[u].w > v) v = a[u].w, id = i + 3;
+        }
     }
-    if (tid < s.V - s.tail0) {
+    if (s.own_tail && tid < s.V - s.tail0) {
         const float x = s.row[s.tail0 + tid];
         if (x > v) v = x, id = s.tail0 + tid;
     }
@@ -540,19 +667,20 @@ __device__ __forceinline__ void block_argmax(const RowSpan& s, SelState& st, flo
 
 extern "C" __global__ void __launch_bounds__(QVL_SAMPLE_THREADS, 1)
 qvl_topk(const float* __restrict__ logits, int V, const int* __restrict__ kvec, int maxK, int* __restrict__ ids,
-         float* __restrict__ vals, unsigned* err) {
+         float* __restrict__ vals, unsigned* __restrict__ done, unsigned* __restrict__ meta,
+         unsigned long long* __restrict__ cand, unsigned* err) {
     __shared__ __align__(16) SelState st;
     const int r = blockIdx.x;
     const float* row = logits + (long long)r * V;
     const int k = kvec[r];
-    if (k <= 0) return;
+    if (k <= 0) return;  // the row's S blocks all return: its counter is not touched
     if (k > maxK || k > QVL_TOPK_MAX) {
-        if (threadIdx.x == 0) qvl_raise(err, QVL_ERR_SAMPLE);
+        if (threadIdx.x == 0 && blockIdx.y == 0) qvl_raise(err, QVL_ERR_SAMPLE);
         return;
     }
-    const RowSpan s = row_span(row, V);
-    bool all;
-    unsigned keff = fast_candidates(s, thread_max(s), (unsigned)k, st, &all);
+    float mx;
+    unsigned keff = select_fast(row, V, (unsigned)k, r, done, meta, cand, st, &mx);
+    if (keff == QVL_NOT_LAST) return;
     if (keff > QVL_CAND_MAX) {
         auto key = [&](int i) -> unsigned { return qvl_key(row[i]); };
         unsigned eq, rank, nn;
@@ -620,28 +748,55 @@ __device__ double mass_of_best(KeyFn key, WFn wt, int V, unsigned count, SelStat
 
 extern "C" __global__ void __launch_bounds__(QVL_SAMPLE_THREADS, 1)
 qvl_sample(const float* __restrict__ logits, int V, const float* __restrict__ params, int* __restrict__ out,
+           unsigned* __restrict__ done, unsigned* __restrict__ meta, unsigned long long* __restrict__ cand,
            unsigned* err) {
     __shared__ __align__(16) SelState st;
-    const int r = blockIdx.x, tid = threadIdx.x;
+    const int r = blockIdx.x, tid = threadIdx.x, S = (int)gridDim.y, sl = (int)blockIdx.y;
     const float* row = logits + (long long)r * V;
     const float* p = params + 6 * r;  // temperature, top_k (int bits), top_p, min_p, u (f64)
     const float temp = p[0], topp_in = p[2], minp = p[3];
     const int topk = __float_as_int(p[1]);
     const double u = *reinterpret_cast<const double*>(p + 4);
-    const RowSpan s = row_span(row, V);
     const bool greedy = temp == 0.f || topk == 1;
     const bool bad = !(temp > 0.f) || topk < 0 || !(u >= 0.0 && u < 1.0);
     const bool filtered = topk > 0 || (topp_in > 0.f && topp_in < 1.f) || minp > 0.f;
     const double invT = 1.0 / (double)temp;
 
-    if (greedy || bad || !filtered) {
+    // Which blocks of the row work depends on the row's parameters only, so it is the same in
+    // the row's S blocks: greedy rows and fast-path rows use them all; the other rows are
+    // sampled by the row's first block alone (the others return and leave the counter be).
+    if (greedy) {
+        float bv;
+        int bi;
+        block_argmax(row_span(row, V, sl, S), st, &bv, &bi);
+        if (S == 1) {
+            if (tid == 0) out[r] = bi;
+            return;
+        }
+        const long long me = (long long)r * S + sl;
+        if (tid == 0) {
+            meta[4 * me] = __float_as_uint(bv);
+            meta[4 * me + 1] = (unsigned)bi;
+        }
+        if (!last_of_row(done + r, (unsigned)S, st)) return;
+        if (tid == 0) {  // slices in id order: a strict > keeps the lowest id of the best value
+            float best = -INFINITY;
+            int id = 0;
+            for (int q = 0; q < S; q++) {
+                const unsigned* mq = meta + 4 * ((long long)r * S + q);
+                const float v = __uint_as_float(__ldcg(mq));
+                if (v > best) best = v, id = (int)__ldcg(mq + 1);
+            }
+            out[r] = id;
+        }
+        return;
+    }
+    if (bad || !filtered) {
+        if (sl > 0) return;
+        const RowSpan s = row_span(row, V, 0, 1);
         float mf;
         int best;
         block_argmax(s, st, &mf, &best);
-        if (greedy) {
-            if (tid == 0) out[r] = best;
-            return;
-        }
         if (bad) {
             if (tid == 0) {
                 qvl_raise(err, QVL_ERR_SAMPLE);
@@ -693,32 +848,35 @@ qvl_sample(const float* __restrict__ logits, int V, const float* __restrict__ pa
         return;
     }
 
-    // Filtered: k, top-p (1 when off) and min-p select a best-first prefix. Pass 1: the row max.
-    const float tmax = thread_max(s);
-    const float mx = block_max_f(tmax, st);
+    // Filtered: k, top-p (1 when off) and min-p select a best-first prefix.
+    const unsigned k = topk > 0 ? (unsigned)qvl_imin(topk, V) : (unsigned)V;
+    const float topp = (topp_in > 0.f && topp_in < 1.f) ? topp_in : 1.f;
+    // The best min(k, 1024) candidates, sorted, with their prefix sums. With k ≤ 1024 the fast
+    // path (the row's S blocks; the last to finish goes on) usually finds them (then every
+    // candidate that can be kept is among them, so nn, the number of non-NaN tokens, is not
+    // needed); otherwise the exact radix select by one block over the whole row.
+    const unsigned kc = k < QVL_TOPK_MAX ? k : QVL_TOPK_MAX;
+    unsigned n = 0u, nn = 0u;
+    bool have = false;
+    float mx;  // the row max (pass 1)
+    if (k <= QVL_TOPK_MAX) {
+        const unsigned C = select_fast(row, V, k, r, done, meta, cand, st, &mx);
+        if (C == QVL_NOT_LAST) return;
+        if (C <= QVL_CAND_MAX) {
+            have = true;
+            n = C < k ? C : k;
+            nn = C;  // ≥ n; exact when the bound was −inf (every non-NaN token a candidate)
+        }
+    } else {
+        if (sl > 0) return;
+        mx = block_max_f(thread_max(row_span(row, V, 0, 1)), st);
+    }
     const double m = mx == mx ? (double)mx : -(double)INFINITY;
     auto key = [&](int i) -> unsigned { return qvl_key(row[i]); };
     auto wt = [&](int i) -> double {
         const float v = row[i];
         return v == v ? exp(((double)v - m) * invT) : 0.0;
     };
-    const unsigned k = topk > 0 ? (unsigned)qvl_imin(topk, V) : (unsigned)V;
-    const float topp = (topp_in > 0.f && topp_in < 1.f) ? topp_in : 1.f;
-    // The best min(k, 1024) candidates, sorted, with their prefix sums. With k ≤ 1024 the fast
-    // path usually finds them (then every candidate that can be kept is among them, so nn, the
-    // number of non-NaN tokens, is not needed); otherwise the exact radix select.
-    const unsigned kc = k < QVL_TOPK_MAX ? k : QVL_TOPK_MAX;
-    unsigned n = 0u, nn = 0u;
-    bool have = false;
-    if (k <= QVL_TOPK_MAX) {
-        bool all;
-        const unsigned C = fast_candidates(s, tmax, k, st, &all);
-        if (C <= QVL_CAND_MAX) {
-            have = true;
-            n = C < k ? C : k;
-            nn = C;  // ≥ n; exact when all
-        }
-    }
     if (!have) {
         unsigned eq, rank;
         const unsigned T = radix_select(key, V, kc, st, &eq, &rank, &nn);

@@ -16,7 +16,9 @@
 # embedding-projection against its cuBLAS GEMMs; plus the kernels of a batch-1 decode step and
 # the GEMV efficiency of each 2B GEMM shape, to check kernels/README.md's napkin math); and 8
 # mixed requests teacher-forced for 32 steps on the 2B against the CPU backend (last: its CPU
-# reference is the slowest step, and the deadline should cut that rather than the benchmark).
+# reference is the slowest step, and the deadline should cut that rather than the benchmark);
+# then the goldens, the benchmark and the 2B run again with the opt-in paths that no GPU has
+# measured yet turned on (QVL_CUDA_FUSE=1 QVL_CUDA_SAMPLE_SPLIT=1 QVL_CUBLASLT_TUNE=1).
 # Each step has a time limit and the whole run a deadline ($QVL_GPU_CHECK_BUDGET seconds,
 # default 470, so that it ends within 8 minutes); a step that fails or times out does not stop
 # the others. With QVL_GPU_NCU=1, Nsight Compute reads the decode attention kernel's counters.
@@ -98,10 +100,10 @@ summary() {
 	synth)
 		grep -m1 -E 'done in|exists' "$log" || true
 		;;
-	e2e-2b)
+	e2e-2b*)
 		grep -m1 -o 'worst relative L2 error.*' "$log" || grep -m1 -E 'Error:|no GPU|FAIL' "$log" || true
 		;;
-	bench)
+	bench*)
 		echo "$(grep -c '^BENCH | [a-z]' "$log") results (table below)$(grep -m1 -E 'Error:|no GPU' "$log" | sed 's/^ */; /')"
 		;;
 	ncu-*)
@@ -129,7 +131,7 @@ have() {
 have cudab.test bindings-cuda && step bindings-cuda 90 "$root/bindings/cuda" "$bin/cudab.test" -test.v -test.timeout 80s
 have cublasb.test bindings-cublas && step bindings-cublas 90 "$root/bindings/cublas" "$bin/cublasb.test" -test.v -test.timeout 80s
 have cuda.test ops && step ops 150 "$root/runtime/cuda" "$bin/cuda.test" -test.v -test.timeout 140s \
-	-test.run 'TestKernelTable|TestOp|TestBF16Copy|TestTopK|TestSample|TestVerifyGoldens|TestGraphDecodeMatchesEager'
+	-test.run 'TestKernelTable|TestOp|TestBF16Copy|TestTopK|TestSample|TestVerifyGoldens|TestGraphDecodeMatchesEager|TestFused|TestGemv'
 golden=$root/testdata/goldens/qwen3vl-tiny-a
 if have qvl verify; then
 	step verify 60 "$root" "$bin/qvl" verify --backend cuda --goldens "$golden"
@@ -148,6 +150,15 @@ if have cuda.test bench; then
 		"$bin/cuda.test" -test.v -test.timeout 190s -test.run 'TestGPUBenchmark'
 	step e2e-2b 200 "$root/runtime/cuda" env QVL_SYNTH_2B="$synthdir" "$bin/cuda.test" -test.v -test.timeout 190s \
 		-test.run 'TestGPUSynth2BMixedRequests'
+	# The opt-in paths not yet measured on a GPU (fused decode kernels, split sampling rows,
+	# cuBLASLt tuning): the goldens, the 2B end to end and the benchmark again with them on.
+	# When these pass and beat the rows above, make them the default.
+	optin=(env QVL_CUDA_FUSE=1 QVL_CUDA_SAMPLE_SPLIT=1 QVL_CUBLASLT_TUNE=1)
+	step verify-optin 60 "$root" "${optin[@]}" "$bin/qvl" verify --backend cuda --goldens "$golden"
+	step bench-optin 200 "$root/runtime/cuda" "${optin[@]}" QVL_BENCH=1 QVL_BENCH_OUT="$out/bench-optin.json" \
+		QVL_SYNTH_2B="$synthdir" "$bin/cuda.test" -test.v -test.timeout 190s -test.run 'TestGPUBenchmark'
+	step e2e-2b-optin 200 "$root/runtime/cuda" "${optin[@]}" QVL_SYNTH_2B="$synthdir" "$bin/cuda.test" -test.v \
+		-test.timeout 190s -test.run 'TestGPUSynth2BMixedRequests'
 fi
 
 # Optional (QVL_GPU_NCU=1): Nsight Compute's counters for the decode attention kernel at batch 1
@@ -176,5 +187,11 @@ fi
 if [[ -f $out/bench.log ]] && grep -q '^BENCH-PROFILE |' "$out/bench.log"; then
 	echo
 	grep '^BENCH-PROFILE |' "$out/bench.log" | sed 's/^BENCH-PROFILE | //'
+fi
+if [[ -f $out/bench-optin.log ]] && grep -q '^BENCH |' "$out/bench-optin.log"; then
+	echo
+	echo "with ${optin[*]:1}:"
+	grep -E '^BENCH \| (decode|prefill|sample|  gemm .* 64 ×|  gemm .*1 ×)' "$out/bench-optin.log" | sed 's/^BENCH | //'
+	grep '^BENCH-PROFILE |' "$out/bench-optin.log" | sed 's/^BENCH-PROFILE | //'
 fi
 exit $failed

@@ -102,9 +102,14 @@ type Backend struct {
 	// decodePart, when positive, replaces decodePartition's choice of the decode attention's
 	// partition (tokens): the GPU benchmark sweeps it.
 	decodePart int
+	// sampleSplit, when positive, replaces splitRows's choice of blocks per row of TopK and
+	// Sample (tests use it to split small rows).
+	sampleSplit int
 
 	xbf, embedInts, embedMid, part, partML, partDone scratch
 	topkK, topkIDs, topkVals, params, sampled        scratch
+	sampleDone, sampleWork                           scratch
+	fusedCnt                                         scratch // qvl_norm_gemv's block counter (fused.go; zero between launches)
 }
 
 // Open opens GPU o.Device with its own stream, cuBLASLt handle and the embedded kernels.
@@ -446,7 +451,7 @@ func (b *Backend) Close() error {
 		errs = append(errs, b.dev.sync())
 		b.dropGraphs()
 		for _, s := range []*scratch{&b.xbf, &b.embedInts, &b.embedMid, &b.part, &b.partML, &b.partDone, &b.topkK,
-			&b.topkIDs, &b.topkVals, &b.params, &b.sampled} {
+			&b.topkIDs, &b.topkVals, &b.params, &b.sampled, &b.sampleDone, &b.sampleWork, &b.fusedCnt} {
 			if s.p != 0 {
 				errs = append(errs, b.dev.free(s.p))
 			}

@@ -300,6 +300,29 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 			"≤ 25 µs", fmt.Sprintf("%.1f µs to read the logits once", read))
 		rep.add(fmt.Sprintf("sample %d × %d, call (upload, launch, read)", rows, vocab), float64(wall.Nanoseconds())/1e3, "µs", "", "")
 		rep.add(fmt.Sprintf("top-k 50 of %d × %d, kernel", rows, vocab), float64(kernelTime(prof, "qvl_topk").Nanoseconds())/1e3, "µs", "", fmt.Sprintf("%.1f µs", read))
+		// The same kernel with each row split over S blocks (QVL_CUDA_SAMPLE_SPLIT=1, opt-in
+		// until measured), and greedy argmax (default path).
+		split := splitRows(rows, vocab, b.info.sms)
+		b.ResetProfile()
+		b.SetProfiling(true)
+		b.sampleSplit = split
+		for i := 0; i < reps; i++ {
+			require.NoError(t, b.Hold(2*time.Millisecond))
+			require.NoError(t, b.Sample(lt, p, out))
+		}
+		b.sampleSplit = 0
+		splitProf := b.Profile()
+		b.ResetProfile()
+		greedy := make([]ml.SampleParams, rows)
+		for i := 0; i < reps; i++ {
+			require.NoError(t, b.Hold(2*time.Millisecond))
+			require.NoError(t, b.Sample(lt, greedy, out))
+		}
+		gp := b.Profile()
+		b.SetProfiling(false)
+		rep.add(fmt.Sprintf("sample %d × %d (top-k 20, top-p 0.8), kernel, split", rows, vocab),
+			float64(kernelTime(splitProf, "qvl_sample").Nanoseconds())/1e3, "µs", "≤ 25 µs", fmt.Sprintf("%d blocks per row (QVL_CUDA_SAMPLE_SPLIT=1)", split))
+		rep.add(fmt.Sprintf("greedy argmax %d × %d, kernel", rows, vocab), float64(kernelTime(gp, "qvl_sample").Nanoseconds())/1e3, "µs", "", "")
 	}
 
 	// Fused embedding-projection of 256 custom embeddings (4 tokens each) vs cuBLAS's GEMMs.

@@ -92,7 +92,9 @@ type gpuDevice struct {
 
 var errCapturing = errors.New("cuda: not allowed while a graph is being captured")
 
-// envTune set to "0" keeps cuBLASLt's heuristic choice for every GEMM (no tuning).
+// envTune set to "1" tunes cuBLASLt's algorithm for each decode-sized GEMM on first use. Off
+// by default until a GPU run has measured it (the session that wrote it had no device time
+// left); scripts/gpu-check.sh runs its test and a benchmark with it on.
 const envTune = "QVL_CUBLASLT_TUNE"
 
 // tuneMaxRows bounds the GEMMs whose cuBLASLt algorithm is tuned on first use: decode steps,
@@ -105,10 +107,10 @@ const tuneMaxRows = 256
 // tuneReps is how many timed runs each candidate algorithm gets.
 const tuneReps = 5
 
-// tuneOff is set when envTune is "0".
+// tuneOff is set unless envTune is "1".
 var tuneOff atomic.Bool
 
-func init() { tuneOff.Store(os.Getenv(envTune) == "0") }
+func init() { tuneOff.Store(os.Getenv(envTune) != "1") }
 
 // openGPU opens device ordinal: its context on a locked thread, a stream, cuBLASLt on that
 // stream, the embedded PTX modules (JIT-compiled by the driver for this GPU), the upload

@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"fmt"
 	"os"
 	"sync/atomic"
 )
@@ -17,12 +18,18 @@ import (
 // (for A/B runs); it is read once, when the package loads.
 const envGemv = "QVL_CUDA_GEMV"
 
-// gemvMaxRows is the most x rows MatMul hands to qvl_gemv. Each weight element loaded serves
-// every row, so the bytes stay those of the weight, but the arithmetic and the reads of x from
-// L1 grow with the rows: at 8 rows the FMAs and bf16 unpacking alone need ~60–70% of the
-// H100's issue rate to keep up with 3.0 TB/s (kernels/gemv.cu); beyond that cuBLASLt's tensor
-// cores do the work better.
-const gemvMaxRows = 8
+// gemvMaxRows is the most x rows MatMul hands to qvl_gemv: 1. Measured on the H100 (fourth run,
+// docs/perf-log.md; held-stream event pairs, µs at 1/4/8 rows, qvl_gemv vs cuBLASLt): qkv
+// 8.6/9.3/12.7 vs 8.2/8.0/8.0, o 6.0/7.2/8.0 vs 7.8/7.8/7.8, gate-up 21.6/27.3/30.7 vs
+// 22.3/22.4/24.0, down 9.6/12.9/14.8 vs 11.2/10.8/10.5, LM head 204.5/213.5/242.8 vs
+// 218.7/221.2/223.5. qvl_gemv wins at one row only (o, gate-up, down, the LM head): past it the
+// arithmetic, the reads of x from L1 and the per-row reduction grow with the rows while
+// cuBLASLt's time stays flat. The kernels for 2–8 rows (gemvKernelRows) stay compiled and
+// tested, for a later kernel that keeps more rows' work off the issue slots.
+const gemvMaxRows = 1
+
+// gemvKernelRows is the most x rows a qvl_gemv_m* kernel exists for (qvl_gemv_m1 … m8).
+const gemvKernelRows = 8
 
 // gemvWarps is QVL_GEMV_WARPS: warps per block.
 const gemvWarps = 4
@@ -48,8 +55,11 @@ func gemvRowsPerWarp(rows int) int {
 func useGemv(rows int) bool { return rows >= 1 && rows <= gemvMaxRows && !gemvOff.Load() }
 
 // gemv queues y[rows, m] = x[rows, k]·w[m, k]ᵀ (x and w bf16, y f32) with qvl_gemv_m{rows},
-// 1 ≤ rows ≤ gemvMaxRows, k ≥ 1. Run inside do.
+// 1 ≤ rows ≤ gemvKernelRows, k ≥ 1. Run inside do.
 func (b *Backend) gemv(rows, m, k int, x, w, y uintptr) error {
+	if rows < 1 || rows > gemvKernelRows {
+		return fmt.Errorf("qvl_gemv: %d rows; the kernels take 1 to %d", rows, gemvKernelRows)
+	}
 	per := gemvWarps * gemvRowsPerWarp(rows)
 	b.a.reset().ptr(y).ptr(x).ptr(w).i32(m).i32(k)
 	grid := min((m+per-1)/per, gemvBlocksPerSM*b.info.sms)

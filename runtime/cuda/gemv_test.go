@@ -54,22 +54,30 @@ func profiledKernels(t *testing.T, b *Backend, fn func() error) map[string]int64
 // that the last warp's rows (R = 2 for ≥ 4 rows) fall past N, and N beyond the grid's cap
 // (5001, 20003 rows on the emulation's 4 SMs: 128 blocks of 4 warps), so that warps take
 // several row groups and reduce several batches of them, the last one partial. Outputs start
-// as NaN.
+// as NaN. Rows up to gemvMaxRows go through MatMul; the kernels for more rows (built, not
+// chosen) are launched directly on x's bf16 values.
 func TestOpGemv(t *testing.T) {
 	shapes := [][2]int{{7, 13}, {13, 1}, {2053, 37}, {64, 9}, {520, 3}, {2056, 33}, {6152, 5}, {16, 5001}, {24, 20003}}
 	forceGemv(t)
 	forEachCUDA(t, func(t *testing.T, b *Backend, gpu bool) {
-		for rows := 1; rows <= gemvMaxRows; rows++ {
+		for rows := 1; rows <= gemvKernelRows; rows++ {
 			for _, s := range shapes {
 				k, m := s[0], s[1]
 				t.Run(fmt.Sprintf("%dx%dx%d", rows, k, m), func(t *testing.T) {
 					run := func(bk ml.Backend) []float32 {
 						r := rand.New(rand.NewPCG(61, uint64(rows*100000+k*100+m)))
 						e := newEnv(t, bk)
-						x := e.in(ml.F32, bf16Round(randn(r, rows*k, 1)), rows, k)
+						xv := bf16Round(randn(r, rows*k, 1))
+						x := e.in(ml.F32, xv, rows, k)
 						w := e.weight(ml.BF16, randn(r, m*k, 1/math.Sqrt(float64(k))), m, k)
 						out := e.out(ml.F32, rows, m)
-						if cb, ok := bk.(*Backend); ok {
+						if cb, ok := bk.(*Backend); ok && rows > gemvMaxRows {
+							xb := e.in(ml.BF16, xv, rows, k)
+							ran := profiledKernels(t, cb, func() error {
+								return cb.dev.do(func() error { return cb.gemv(rows, m, k, ptr(xb), ptr(w), ptr(out)) })
+							})
+							assert.Equal(t, map[string]int64{fmt.Sprintf("qvl_gemv_m%d", rows): 1}, ran)
+						} else if ok {
 							ran := profiledKernels(t, cb, func() error { return bk.MatMul(out, x, w) })
 							assert.Equal(t, int64(1), ran[fmt.Sprintf("qvl_gemv_m%d", rows)], "kernels run: %v", ran)
 							assert.Zero(t, ran["cublasLt gemm bf16"], "kernels run: %v", ran)
@@ -114,8 +122,9 @@ func TestGemvUnaligned(t *testing.T) {
 	})
 }
 
-// TestGemvChoice checks which kernel MatMul picks: qvl_gemv up to gemvMaxRows bf16 x rows,
-// cuBLASLt above and when QVL_CUDA_GEMV=0 turned it off, an f32 GEMM for f32 weights.
+// TestGemvChoice checks which kernel MatMul picks: qvl_gemv for one bf16 x row (gemvMaxRows),
+// cuBLASLt above and when QVL_CUDA_GEMV=0 turned it off, an f32 GEMM for f32 weights; and that
+// the kernels' row bound is enforced.
 func TestGemvChoice(t *testing.T) {
 	forceGemv(t)
 	assert.True(t, useGemv(1))
@@ -123,6 +132,7 @@ func TestGemvChoice(t *testing.T) {
 	assert.False(t, useGemv(gemvMaxRows+1))
 	assert.False(t, useGemv(0))
 	b := simBackend(t)
+	require.ErrorContains(t, b.dev.do(func() error { return b.gemv(gemvKernelRows+1, 3, 8, 0, 0, 0) }), "the kernels take 1 to 8")
 	const k, m = 24, 5
 	r := rand.New(rand.NewPCG(63, 1))
 	e := newEnv(t, b)
@@ -134,7 +144,7 @@ func TestGemvChoice(t *testing.T) {
 		off  bool
 		want string
 	}{
-		{1, w, false, "qvl_gemv_m1"}, {8, w, false, "qvl_gemv_m8"}, {9, w, false, "cublasLt gemm bf16"},
+		{1, w, false, "qvl_gemv_m1"}, {2, w, false, "cublasLt gemm bf16"}, {8, w, false, "cublasLt gemm bf16"},
 		{1, w, true, "cublasLt gemm bf16"}, {8, w, true, "cublasLt gemm bf16"}, {2, wf, false, "cublasLt gemm f32"},
 	} {
 		x := e.in(ml.F32, randn(r, c.rows*k, 1), c.rows, k)

@@ -123,9 +123,11 @@ type eager struct {
 	ml.Backend
 	ml.DeviceSampler
 	ml.Profiler
+	ml.NormMatMuler
+	ml.SwiGLUMatMuler
 }
 
-// WithoutGraphs returns b as a backend that does not record graphs (its DeviceSampler and
-// Profiler stay), so that a model runs every step op by op: for comparisons, and as a way
-// around a graph problem.
-func WithoutGraphs(b *Backend) ml.Backend { return eager{b, b, b} }
+// WithoutGraphs returns b as a backend that does not record graphs (its DeviceSampler,
+// Profiler and fused ops stay), so that a model runs every step op by op, the same kernels as
+// in its graphs: for comparisons, and as a way around a graph problem.
+func WithoutGraphs(b *Backend) ml.Backend { return eager{b, b, b, b, b} }

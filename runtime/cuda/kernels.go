@@ -41,6 +41,8 @@ const (
 	kGemv6
 	kGemv7
 	kGemv8
+	kNormGemv    // qvl_norm_gemv (fused.go)
+	kSwiGLUGemv  // qvl_swiglu_gemv (fused.go)
 	kDecodeFirst // the decode variants follow, in decodeVariants order
 )
 
@@ -76,8 +78,8 @@ var kernelTable = func() []kernelSpec {
 		kQKV:         {name: "qvl_qkv", sig: "ppppippppppiiiiifp"},
 		kAttnGeneric: {name: "qvl_attn_generic", sig: "ppppppppiiiiiiifp"},
 		kEmbed:       {name: "qvl_embed", sig: "piippippipppiiiiippppipppp", smem: func(int) int { return embedSmem }},
-		kTopK:        {name: "qvl_topk", sig: "pipippp"},
-		kSample:      {name: "qvl_sample", sig: "pippp"},
+		kTopK:        {name: "qvl_topk", sig: "pipipppppp"},
+		kSample:      {name: "qvl_sample", sig: "pipppppp"},
 		kSpin:        {name: "qvl_spin", sig: "l"},
 		kPrefill32:   {name: "qvl_attn_prefill_hd32", sig: sigPrefill, smem: prefillSmem},
 		kPrefill64:   {name: "qvl_attn_prefill_hd64", sig: sigPrefill, smem: prefillSmem},
@@ -90,6 +92,8 @@ var kernelTable = func() []kernelSpec {
 		kGemv6:       {name: "qvl_gemv_m6", sig: "pppii"},
 		kGemv7:       {name: "qvl_gemv_m7", sig: "pppii"},
 		kGemv8:       {name: "qvl_gemv_m8", sig: "pppii"},
+		kNormGemv:    {name: "qvl_norm_gemv", sig: "ppppppipiifp"},
+		kSwiGLUGemv:  {name: "qvl_swiglu_gemv", sig: "pppppii"},
 	}
 	for _, hd := range decodeHeadDims {
 		for _, g := range decodeGroups {

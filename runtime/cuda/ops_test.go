@@ -273,6 +273,11 @@ var embedCases = []embedCase{
 	{name: "custom_scalar_odd", n: 140, h: 50, vocab: 60, table: ml.F32,
 		cusIdx: scramble(2, 132, 140, 5), cusSrc: scramble(3, 132, 66*2, 3), visIdx: []int32{5},
 		ne: 66, d: 37, hid: 45, k: 2, fc: ml.BF16, bias: ml.F32, tanh: true},
+	// A deep GEMM1 K (D 328: 10 full K slices of 32 and a partial one, one 64 × 128 tile) and
+	// a GEMM2 K (hid 120) that ends inside a slice; a split-K version must cut both unevenly.
+	{name: "custom_deep_k", n: 40, h: 48, vocab: 70, table: ml.BF16,
+		cusIdx: scramble(4, 36, 40, 3), cusSrc: scramble(5, 36, 20*2, 7),
+		ne: 20, d: 328, hid: 120, k: 2, fc: ml.BF16, bias: ml.BF16},
 }
 
 // scramble returns n indices in [0, m): i·step + off mod m, so that they repeat when n > m

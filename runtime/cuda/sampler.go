@@ -3,12 +3,73 @@ package cuda
 import (
 	"fmt"
 	"math"
+	"os"
+	"sync/atomic"
 
 	"github.com/qvl-dev/qvl/runtime/ml"
 )
 
 // MaxTopK is the largest k that TopK accepts (the kernel sorts its winners in shared memory).
 const MaxTopK = 1024
+
+// The split of a row of TopK and Sample over several blocks (kernels/sampling.cu's select_fast).
+const (
+	// sampleCandMax is QVL_CAND_MAX, the candidates one block keeps per row.
+	sampleCandMax = 2048
+	// sampleMaxSplit caps the blocks per row: the merging block reads up to this many slices'
+	// candidates.
+	sampleMaxSplit = 8
+	// sampleMinSlice is the shortest slice worth a block of its own: 4 float4 loads for each of
+	// the 1024 threads.
+	sampleMinSlice = 16384
+)
+
+// envSampleSplit set to 1 spreads each row of qvl_sample and qvl_topk over splitRows blocks.
+// Off by default until a GPU run has measured it (written and checked on the CPU emulation only:
+// the session that wrote it had no device time left); scripts/gpu-check.sh runs its tests and a
+// benchmark row with it on.
+const envSampleSplit = "QVL_CUDA_SAMPLE_SPLIT"
+
+// sampleSplitOn is set when envSampleSplit is "1" (tests set it).
+var sampleSplitOn atomic.Bool
+
+func init() { sampleSplitOn.Store(os.Getenv(envSampleSplit) == "1") }
+
+// splitRows is the number of blocks S that share each of rows rows of v logits: as many as fill
+// the sms multiprocessors with one wave of the 1024-thread blocks (one per multiprocessor: 64
+// registers per thread), at most sampleMaxSplit, and none with a slice shorter than
+// sampleMinSlice. At 64 rows of 151,936 on 132 SMs it is 2; at batch 1, 8.
+func splitRows(rows, v, sms int) int {
+	if rows <= 0 {
+		return 1
+	}
+	return max(1, min(sms/rows, sampleMaxSplit, v/sampleMinSlice))
+}
+
+// splitScratch picks S for a launch over rows rows of v logits and, when S > 1, makes room for
+// the kernels' split scratch: one arrival counter per row (zero between launches) and, per row
+// and block, 16 bytes of results and sampleCandMax candidates of 8 bytes. It returns S and the
+// done, meta and cand pointers (0 when S = 1). Run inside do.
+func (b *Backend) splitScratch(rows, v int) (int, [3]uintptr, error) {
+	s := 1
+	if sampleSplitOn.Load() {
+		s = splitRows(rows, v, b.info.sms)
+	}
+	if b.sampleSplit > 0 {
+		s = min(b.sampleSplit, sampleMaxSplit)
+	}
+	if s == 1 {
+		return 1, [3]uintptr{}, nil
+	}
+	if err := b.ensureZeroed(&b.sampleDone, 4*rows); err != nil {
+		return 0, [3]uintptr{}, err
+	}
+	meta := 16 * rows * s
+	if err := b.ensure(&b.sampleWork, meta+8*sampleCandMax*rows*s); err != nil {
+		return 0, [3]uintptr{}, err
+	}
+	return s, [3]uintptr{b.sampleDone.p, b.sampleWork.p, b.sampleWork.p + uintptr(meta)}, nil
+}
 
 // checkLogits validates a [B, V] f32 logits tensor of this backend and returns B and V.
 func (b *Backend) checkLogits(op string, logits ml.Tensor) (int, int, error) {
@@ -26,9 +87,9 @@ func (b *Backend) checkLogits(op string, logits ml.Tensor) (int, int, error) {
 }
 
 // TopK implements ml.DeviceSampler with qvl_topk (kernels/sampling.cu): per row the entries
-// above a bound of the k[r]-th largest logit (the k[r]-th largest of 1024 thread maxes) sorted in
-// shared memory, or an exact radix select when too many pass the bound; the winners best first
-// (ties: lower id first).
+// above a bound of the k[r]-th largest logit (the best of the S slices' k[r]-th largest of 1024
+// thread maxes; splitRows picks S) sorted in shared memory, or an exact radix select when too
+// many pass the bound; the winners best first (ties: lower id first).
 // maxK is at most MaxTopK. Rows with fewer than k[r] non-NaN logits end with id −1 and −inf.
 func (b *Backend) TopK(logits ml.Tensor, k []int, maxK int, ids []int32, vals []float32) error {
 	const op = "TopK"
@@ -67,8 +128,13 @@ func (b *Backend) TopK(logits ml.Tensor, k []int, maxK int, ids []int32, vals []
 		if err := b.dev.upload(b.topkK.p, i32Bytes(kk)); err != nil {
 			return err
 		}
-		b.a.reset().ptr(ptr(logits)).i32(v).ptr(b.topkK.p).i32(maxK).ptr(b.topkIDs.p).ptr(b.topkVals.p).ptr(b.dev.errFlags())
-		if err := b.launch(kTopK, d1(rows), d1(sampleThreads), 0); err != nil {
+		s, w, err := b.splitScratch(rows, v)
+		if err != nil {
+			return err
+		}
+		b.a.reset().ptr(ptr(logits)).i32(v).ptr(b.topkK.p).i32(maxK).ptr(b.topkIDs.p).ptr(b.topkVals.p).
+			ptr(w[0]).ptr(w[1]).ptr(w[2]).ptr(b.dev.errFlags())
+		if err := b.launch(kTopK, dim3{rows, s, 1}, d1(sampleThreads), 0); err != nil {
 			return err
 		}
 		if err := b.dev.download(i32Bytes(ids[:rows*maxK]), b.topkIDs.p); err != nil {
@@ -134,8 +200,13 @@ func (b *Backend) Sample(logits ml.Tensor, p []ml.SampleParams, out []int32) err
 		if err := b.dev.upload(b.params.p, f32Bytes(params)); err != nil {
 			return err
 		}
-		b.a.reset().ptr(ptr(logits)).i32(v).ptr(b.params.p).ptr(b.sampled.p).ptr(b.dev.errFlags())
-		if err := b.launch(kSample, d1(rows), d1(sampleThreads), 0); err != nil {
+		s, w, err := b.splitScratch(rows, v)
+		if err != nil {
+			return err
+		}
+		b.a.reset().ptr(ptr(logits)).i32(v).ptr(b.params.p).ptr(b.sampled.p).ptr(w[0]).ptr(w[1]).ptr(w[2]).
+			ptr(b.dev.errFlags())
+		if err := b.launch(kSample, dim3{rows, s, 1}, d1(sampleThreads), 0); err != nil {
 			return err
 		}
 		if err := b.dev.download(i32Bytes(out[:rows]), b.sampled.p); err != nil {

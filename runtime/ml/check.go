@@ -237,3 +237,23 @@ func CheckAttention(out, q Tensor, a AttnArgs) error {
 	}
 	return checkCache(op, a.K, a.V, a.Layout, a.KVHeads, a.HeadDim)
 }
+
+// CheckNormMatMul validates x += delta (delta optional); h = RMSNorm(x); y = h · wᵀ.
+func CheckNormMatMul(y, h, x, delta, norm, w Tensor) error {
+	if delta != nil {
+		if err := CheckAddRMSNorm(h, x, delta, norm); err != nil {
+			return err
+		}
+	} else if err := CheckRMSNorm(h, x, norm); err != nil {
+		return err
+	}
+	return CheckMatMul(y, h, w)
+}
+
+// CheckSwiGLUMatMul validates act = SwiGLU(gu); y = act · wᵀ.
+func CheckSwiGLUMatMul(y, act, gu, w Tensor) error {
+	if err := CheckSwiGLU(act, gu); err != nil {
+		return err
+	}
+	return CheckMatMul(y, act, w)
+}

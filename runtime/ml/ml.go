@@ -333,3 +333,24 @@ type Grapher interface {
 type Batcher interface {
 	Batch(fn func() error) error
 }
+
+// NormMatMuler is implemented by backends that fuse a (residual add and) RMSNorm with the
+// MatMul that consumes the normalised rows (the attention input norm and the qkv projection;
+// the post-attention norm and the gate-up projection), which saves a launch and a round trip
+// of the normalised rows at decode. The model calls it where the backend has it and the
+// unfused ops (AddRMSNorm or RMSNorm, then MatMul) otherwise; both compute the same tensors.
+type NormMatMuler interface {
+	// NormMatMul adds delta into the residual x in place (delta nil: x is left as it is), writes
+	// h = RMSNorm(x) with weight norm and epsilon eps, and y[N, M] = h · w[M, H]ᵀ. x, delta and
+	// h are [N, H]; h must not share memory with x, delta or y.
+	NormMatMul(y, h, x, delta, norm, w Tensor, eps float32) error
+}
+
+// SwiGLUMatMuler is implemented by backends that fuse SwiGLU with the MatMul that consumes it
+// (the MLP's down projection). The model calls it where the backend has it and SwiGLU, then
+// MatMul, otherwise.
+type SwiGLUMatMuler interface {
+	// SwiGLUMatMul writes act[N, I] = silu(gu[:, :I]) ⊙ gu[:, I:] from gu [N, 2I] and
+	// y[N, M] = act · w[M, I]ᵀ. act must not share memory with gu or y.
+	SwiGLUMatMul(y, act, gu, w Tensor) error
+}

@@ -301,7 +301,7 @@ func (m *Model) launch(sh shape) error {
 		NumSeqs: nb, Heads: c.NumHeads, KVHeads: c.NumKVHeads, HeadDim: c.HeadDim, Scale: attnScale(c.HeadDim),
 		MaxQueryLen: sh.maxQ, MaxCtxLen: sh.maxCtx, Layout: m.layout}
 
-	if err := b.RMSNorm(h, x, m.layers[0].inNorm, m.eps); err != nil {
+	if err := m.normMatMul(qkv, h, x, nil, m.layers[0].inNorm, m.layers[0].wqkv); err != nil {
 		return err
 	}
 	for i := range m.layers {
@@ -373,20 +373,43 @@ func (m *Model) upload(bt *Batch) error {
 	return nil
 }
 
-// layer runs decoder layer i. On entry h holds RMSNorm(x) with the layer's input norm; on return
-// x holds the layer's output (with DeepStack level i added at visual rows) and h holds it
-// normalised by the next layer's input norm (or the final norm after the last layer).
+// normMatMul adds delta into the residual x (delta nil: no add), writes h = RMSNorm(x) with
+// weight norm and y = h·wᵀ: one op on backends that fuse it (ml.NormMatMuler), else the norm
+// and the MatMul.
+func (m *Model) normMatMul(y, h, x, delta, norm, w ml.Tensor) error {
+	if f, ok := m.b.(ml.NormMatMuler); ok {
+		return f.NormMatMul(y, h, x, delta, norm, w, m.eps)
+	}
+	if delta == nil {
+		if err := m.b.RMSNorm(h, x, norm, m.eps); err != nil {
+			return err
+		}
+	} else if err := m.b.AddRMSNorm(h, x, delta, norm, m.eps); err != nil {
+		return err
+	}
+	return m.b.MatMul(y, h, w)
+}
+
+// swigluMatMul writes act = SwiGLU(gu) and y = act·wᵀ: one op on backends that fuse it
+// (ml.SwiGLUMatMuler), else SwiGLU and the MatMul.
+func (m *Model) swigluMatMul(y, act, gu, w ml.Tensor) error {
+	if f, ok := m.b.(ml.SwiGLUMatMuler); ok {
+		return f.SwiGLUMatMul(y, act, gu, w)
+	}
+	if err := m.b.SwiGLU(act, gu); err != nil {
+		return err
+	}
+	return m.b.MatMul(y, act, w)
+}
+
+// layer runs decoder layer i. On entry h holds RMSNorm(x) with the layer's input norm and qkv
+// holds h·Wqkvᵀ; on return x holds the layer's output (with DeepStack level i added at visual
+// rows) and h holds it normalised by the next layer's input norm, and qkv the next layer's qkv
+// projection of it (after the last layer: h normalised by the final norm, qkv unchanged).
 func (m *Model) layer(i int, h, x, qkv, q, attn, o, gu, act, down ml.Tensor, qa ml.QKVArgs, aa ml.AttnArgs, nd int) error {
 	b, s, L := m.b, &m.s, m.layers[i]
 	qa.QNorm, qa.KNorm, qa.K, qa.V = L.qNorm, L.kNorm, m.kc[i], m.vc[i]
 	aa.K, aa.V = m.kc[i], m.vc[i]
-	nextNorm := m.norm
-	if i+1 < len(m.layers) {
-		nextNorm = m.layers[i+1].inNorm
-	}
-	if err := b.MatMul(qkv, h, L.wqkv); err != nil {
-		return err
-	}
 	if err := b.QKV(qkv, qa); err != nil {
 		return err
 	}
@@ -396,16 +419,10 @@ func (m *Model) layer(i int, h, x, qkv, q, attn, o, gu, act, down ml.Tensor, qa 
 	if err := b.MatMul(o, attn, L.wo); err != nil {
 		return err
 	}
-	if err := b.AddRMSNorm(h, x, o, L.postNorm, m.eps); err != nil {
+	if err := m.normMatMul(gu, h, x, o, L.postNorm, L.wgu); err != nil {
 		return err
 	}
-	if err := b.MatMul(gu, h, L.wgu); err != nil {
-		return err
-	}
-	if err := b.SwiGLU(act, gu); err != nil {
-		return err
-	}
-	if err := b.MatMul(down, act, L.wdown); err != nil {
+	if err := m.swigluMatMul(down, act, gu, L.wdown); err != nil {
 		return err
 	}
 	// DeepStack level i joins the residual stream right after decoder layer i; adding it to the
@@ -415,5 +432,9 @@ func (m *Model) layer(i int, h, x, qkv, q, attn, o, gu, act, down ml.Tensor, qa 
 			return err
 		}
 	}
-	return b.AddRMSNorm(h, x, down, nextNorm, m.eps)
+	if i+1 < len(m.layers) {
+		next := m.layers[i+1]
+		return m.normMatMul(qkv, h, x, down, next.inNorm, next.wqkv)
+	}
+	return b.AddRMSNorm(h, x, down, m.norm, m.eps)
 }

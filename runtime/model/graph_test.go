@@ -48,6 +48,12 @@ func (r *recorder) RMSNorm(out, x, w ml.Tensor, eps float32) error {
 func (r *recorder) AddRMSNorm(out, x, d, w ml.Tensor, eps float32) error {
 	return r.do(func() error { return r.Backend.AddRMSNorm(out, x, d, w, eps) })
 }
+func (r *recorder) NormMatMul(y, h, x, d, n, w ml.Tensor, eps float32) error {
+	return r.do(func() error { return r.Backend.NormMatMul(y, h, x, d, n, w, eps) })
+}
+func (r *recorder) SwiGLUMatMul(y, act, gu, w ml.Tensor) error {
+	return r.do(func() error { return r.Backend.SwiGLUMatMul(y, act, gu, w) })
+}
 func (r *recorder) QKV(qkv ml.Tensor, a ml.QKVArgs) error {
 	return r.do(func() error { return r.Backend.QKV(qkv, a) })
 }

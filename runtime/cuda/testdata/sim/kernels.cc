@@ -3,6 +3,7 @@
 #include "activation.cu"
 #include "attention.cu"
 #include "embed.cu"
+#include "fused.cu"  // qvl_norm_gemv, qvl_swiglu_gemv (norm / SwiGLU fused in front of qvl_gemv_m1)
 #include "gemv.cu"  // qvl_gemv_m1..m8 (skinny bf16 GEMM for decode)
 #include "norm.cu"
 #include "qkv.cu"

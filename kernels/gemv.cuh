@@ -1,0 +1,162 @@
+// gemv.cuh — the skinny bf16 GEMM of gemv.cu as device templates, shared by the qvl_gemv_m*
+// kernels (gemv.cu) and the fused decode kernels that compute their x row in shared memory
+// first (fused.cu). What they compute, their loads and their floor: gemv.cu's header.
+#pragma once
+#include "common.cuh"
+
+#define QVL_GEMV_WARPS 4
+
+// qvl_dot8 adds the dot product of 8 bf16 pairs (w already widened to f) to acc.
+__device__ __forceinline__ float qvl_dot8(const float* wf, uint4 xv, float acc) {
+    acc = fmaf(wf[0], __uint_as_float(xv.x << 16), acc);
+    acc = fmaf(wf[1], __uint_as_float(xv.x & 0xffff0000u), acc);
+    acc = fmaf(wf[2], __uint_as_float(xv.y << 16), acc);
+    acc = fmaf(wf[3], __uint_as_float(xv.y & 0xffff0000u), acc);
+    acc = fmaf(wf[4], __uint_as_float(xv.z << 16), acc);
+    acc = fmaf(wf[5], __uint_as_float(xv.z & 0xffff0000u), acc);
+    acc = fmaf(wf[6], __uint_as_float(xv.w << 16), acc);
+    acc = fmaf(wf[7], __uint_as_float(xv.w & 0xffff0000u), acc);
+    return acc;
+}
+
+// qvl_gemv_x16 loads 16 bytes of x: through the read-only path from global memory, or with a
+// plain (generic) load when x is in shared memory (XS: the fused kernels of fused.cu).
+template <bool XS>
+__device__ __forceinline__ uint4 qvl_gemv_x16(const uint4* p) {
+    if (XS) return *p;
+    return __ldg(p);
+}
+
+// qvl_gemv_rows sets acc[r][m] to this lane's share of Σ_k x[m, k]·W[n0 + r, k] (a warp's 32
+// lanes together hold the sums). Rows past N re-read row N−1 (their sums are not stored).
+// XS: x is in shared memory.
+template <int M, int R, bool XS = false>
+__device__ __forceinline__ void qvl_gemv_rows(float (&acc)[R][M], const qvl_bf16* __restrict__ x,
+                                              const qvl_bf16* __restrict__ w, int n0, int N, int K, int lane) {
+    constexpr int U = 8 / R;  // chunks of 32 × 8 elements per round: R·U = 8 loads of W per lane
+    const qvl_bf16* wr[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) wr[r] = w + (long long)qvl_imin(n0 + r, N - 1) * K;
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int m = 0; m < M; m++) acc[r][m] = 0.f;
+
+    const bool vec = (K & 7) == 0 &&
+                     ((reinterpret_cast<unsigned long long>(x) | reinterpret_cast<unsigned long long>(w)) & 15) == 0;
+    if (vec) {
+        constexpr int STEP = 32 * U;  // uint4s of a row per round
+        const int K8 = K >> 3;
+        const int full = K8 / STEP * STEP;  // the rounds every lane runs (the loop stays warp-uniform)
+        const uint4* x4 = reinterpret_cast<const uint4*>(x);
+        // Double buffering: round b+STEP's W is loaded before round b's arithmetic, so each
+        // round's 8 loads per lane are issued together and in flight while the previous round
+        // is summed. (Without it ptxas sinks each load to its first use, leaving one or two
+        // 16-byte loads in flight per lane: checked in the sm_90 SASS of nvcc 11.8.) The
+        // __syncwarp is a further scheduling fence for compilers that honour it (11.8's ptxas
+        // drops it: the warp is converged, the loop being warp-uniform).
+        uint4 wv[R][U];
+        if (full > 0) {
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int r = 0; r < R; r++) wv[r][u] = __ldcs(reinterpret_cast<const uint4*>(wr[r]) + lane + 32 * u);
+        }
+        for (int b = 0; b < full; b += STEP) {
+            const bool more = b + STEP < full;
+            uint4 nv[R][U];
+            if (more) {
+#pragma unroll
+                for (int u = 0; u < U; u++)
+#pragma unroll
+                    for (int r = 0; r < R; r++)
+                        nv[r][u] = __ldcs(reinterpret_cast<const uint4*>(wr[r]) + b + STEP + lane + 32 * u);
+            }
+            __syncwarp();
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                float wf[R][8];
+#pragma unroll
+                for (int r = 0; r < R; r++) qvl_unpack8(wv[r][u], wf[r]);
+#pragma unroll
+                for (int m = 0; m < M; m++) {
+                    const uint4 xv = qvl_gemv_x16<XS>(x4 + (long long)m * K8 + b + lane + 32 * u);
+#pragma unroll
+                    for (int r = 0; r < R; r++) acc[r][m] = qvl_dot8(wf[r], xv, acc[r][m]);
+                }
+            }
+            if (more) {
+#pragma unroll
+                for (int u = 0; u < U; u++)
+#pragma unroll
+                    for (int r = 0; r < R; r++) wv[r][u] = nv[r][u];
+            }
+        }
+        for (int i = full + lane; i < K8; i += 32) {  // the last K8 mod STEP uint4s of the row
+            float wf[R][8];
+#pragma unroll
+            for (int r = 0; r < R; r++) qvl_unpack8(__ldcs(reinterpret_cast<const uint4*>(wr[r]) + i), wf[r]);
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                const uint4 xv = qvl_gemv_x16<XS>(x4 + (long long)m * K8 + i);
+#pragma unroll
+                for (int r = 0; r < R; r++) acc[r][m] = qvl_dot8(wf[r], xv, acc[r][m]);
+            }
+        }
+    } else {
+        for (int k = lane; k < K; k += 32) {
+            float wf[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) wf[r] = qvl_bf16_to_f32(wr[r][k]);
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                const float xf = qvl_bf16_to_f32(x[(long long)m * K + k]);
+#pragma unroll
+                for (int r = 0; r < R; r++) acc[r][m] = fmaf(wf[r], xf, acc[r][m]);
+            }
+        }
+    }
+}
+
+// qvl_gemv_body: each warp takes row groups (R rows) g, g + S, g + 2S, … (S = the grid's warps)
+// and, every G = min(32 / (R·M), GMAX) groups, stores its lanes' R·M partial sums per group in
+// shared memory, one slot of 32 (+1 padding: the reads below hit 32 banks) per sum, and lane s
+// adds up slot s (in lane order, whatever G is) and writes it. That reduction costs 2 warp
+// barriers per G·R·M sums instead of 5 shuffles per sum (1 per row on the GPU vs 5; in the CPU
+// emulation, where each barrier is a pass of the fiber scheduler, the LM head's 151,936 rows
+// would otherwise dominate a model test). Block of 32·WARPS threads; a smaller GMAX shrinks the
+// shared memory (32·WARPS·33 floats at GMAX 32) for kernels whose warps take few row groups.
+// XS: x is in shared memory.
+template <int M, int R, int WARPS = QVL_GEMV_WARPS, int GMAX = 32, bool XS = false>
+__device__ __forceinline__ void qvl_gemv_body(float* __restrict__ y, const qvl_bf16* __restrict__ x,
+                                              const qvl_bf16* __restrict__ w, int N, int K) {
+    constexpr int SLOTS = R * M;                                  // sums per row group (≤ 16)
+    constexpr int G = 32 / SLOTS < GMAX ? 32 / SLOTS : GMAX;      // row groups per reduction
+    __shared__ float red[WARPS][GMAX == 32 ? 32 : G * SLOTS][33];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int groups = (N + R - 1) / R;
+    const int stride = gridDim.x * WARPS;
+    float(*sl)[33] = red[warp];
+    // Every bound below is the same for the warp's 32 lanes: the loops and barriers are converged.
+    for (int base = blockIdx.x * WARPS + warp; base < groups; base += G * stride) {
+        int j = 0;
+        for (; j < G && base + j * stride < groups; j++) {
+            float acc[R][M];
+            qvl_gemv_rows<M, R, XS>(acc, x, w, (base + j * stride) * R, N, K, lane);
+#pragma unroll
+            for (int r = 0; r < R; r++)
+#pragma unroll
+                for (int m = 0; m < M; m++) sl[j * SLOTS + r * M + m][lane] = acc[r][m];
+        }
+        __syncwarp();
+        if (lane < j * SLOTS) {
+            float s = 0.f;
+#pragma unroll 8
+            for (int i = 0; i < 32; i++) s += sl[lane][i];
+            const int jj = lane / SLOTS, r = (lane % SLOTS) / M, m = lane % M;
+            const int n = (base + jj * stride) * R + r;
+            if (n < N) y[(long long)m * N + n] = s;
+        }
+        __syncwarp();  // the slots are written again by the next round
+    }
+}
