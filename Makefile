@@ -39,6 +39,7 @@ gpu-binaries: ## build build/gpu/ (qvl and GPU test binaries, stripped to travel
 	$(GO) test -c -ldflags='-s -w' -o build/gpu/cuda.test ./runtime/cuda
 	$(GO) test -c -ldflags='-s -w' -o build/gpu/cudab.test ./bindings/cuda
 	$(GO) test -c -ldflags='-s -w' -o build/gpu/cublasb.test ./bindings/cublas
+	git describe --always --dirty > build/gpu/COMMIT 2>/dev/null || echo unknown > build/gpu/COMMIT
 	tar -C build -czf build/gpu.tar.gz gpu
 
 gpu-check: gpu-binaries ## run every GPU check (on a machine with a GPU; logs in build/gpu-check)

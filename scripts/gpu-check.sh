@@ -37,6 +37,8 @@ fi
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 budget=${QVL_GPU_CHECK_BUDGET:-470}
+# The commit the binaries were built from (make gpu-binaries writes it), for the bench's JSON.
+export QVL_BENCH_COMMIT=${QVL_BENCH_COMMIT:-$(cat "$bin/COMMIT" 2>/dev/null || echo unknown)}
 deadline=$(($(date +%s) + budget))
 synthdir=${QVL_SYNTH_2B:-${TMPDIR:-/tmp}/qvl-gpu-check/qwen3-vl-2b}
 

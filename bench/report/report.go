@@ -35,7 +35,10 @@ const (
 
 // Results are the files found in a results directory.
 type Results struct {
-	Offline []*offline.Report
+	// GPU are the GPU benchmark reports (runtime/cuda TestGPUBenchmark, "kind": "gpu").
+	GPU      []*GPUReport
+	GPUFiles []string
+	Offline  []*offline.Report
 	// OfflineFiles are the offline reports' file names (base names, in Offline's order).
 	OfflineFiles []string
 	Serve        []*bench.Result
@@ -61,6 +64,18 @@ func Load(dir string) (*Results, error) {
 		}
 		if err := json.Unmarshal(data, &kind); err != nil {
 			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		if kind.Kind == "gpu" {
+			var r GPUReport
+			if err := json.Unmarshal(data, &r); err != nil {
+				return nil, fmt.Errorf("%s: %w", p, err)
+			}
+			if r.Device == "" || len(r.Results) == 0 {
+				return nil, fmt.Errorf("%s: a GPU report without a device or results", p)
+			}
+			res.GPU = append(res.GPU, &r)
+			res.GPUFiles = append(res.GPUFiles, filepath.Base(p))
+			continue
 		}
 		if kind.Kind == "offline" {
 			var r offline.Report
@@ -116,7 +131,7 @@ func Write(w io.Writer, res *Results, plotDir, linkDir, shownDir string) error {
 	p.line("`scripts/perf-page.sh` runs the benchmarks that produce those files. Every number names the machine, the")
 	p.line("commit and the command that made it; serving numbers follow `vllm bench serve`'s definitions (TTFT to the first")
 	p.line("streamed token, TPOT = (E2E − TTFT)/(output tokens − 1), ITL between streamed chunks) and its JSON field names.")
-	if len(res.Offline) == 0 && len(res.Serve) == 0 {
+	if len(res.Offline) == 0 && len(res.Serve) == 0 && len(res.GPU) == 0 {
 		p.line("")
 		p.line("No results yet: run `scripts/perf-page.sh`.")
 		return p.err
@@ -137,6 +152,17 @@ func Write(w io.Writer, res *Results, plotDir, linkDir, shownDir string) error {
 			}
 		}
 	}
+	if len(res.GPU) > 0 {
+		p.line("")
+		p.line("## CUDA backend on a GPU (`scripts/gpu-check.sh`)")
+		p.line("")
+		p.line("Issue 6's workloads on the synthetic 2B (bf16), measured by `runtime/cuda`'s TestGPUBenchmark; kernel times")
+		p.line("come from CUDA events around each launch behind a held stream (each pair adds ~2.4 µs). docs/perf-log.md has")
+		p.line("the per-kernel profiles and what each change predicted.")
+		for i, r := range res.GPU {
+			p.gpu(r, res.GPUFiles[i])
+		}
+	}
 	if len(res.Serve) > 0 {
 		p.line("")
 		p.line("## Serving over HTTP (`qvl bench serve`)")
@@ -147,6 +173,53 @@ func Write(w io.Writer, res *Results, plotDir, linkDir, shownDir string) error {
 		}
 	}
 	return p.err
+}
+
+// GPUReport is the JSON that runtime/cuda's TestGPUBenchmark writes (QVL_BENCH_OUT).
+type GPUReport struct {
+	Kind    string      `json:"kind"`
+	Device  string      `json:"device"`
+	Time    string      `json:"time"`
+	Commit  string      `json:"commit,omitempty"`
+	Command string      `json:"command,omitempty"`
+	Results []GPUResult `json:"results"`
+}
+
+// GPUResult is one row of a GPUReport.
+type GPUResult struct {
+	Workload string  `json:"workload"`
+	Value    float64 `json:"value"`
+	Unit     string  `json:"unit"`
+	Target   string  `json:"target"`
+	Floor    string  `json:"floor"`
+}
+
+func (p *page) gpu(r *GPUReport, file string) {
+	p.line("")
+	p.line("### %s", r.Device)
+	p.line("")
+	p.line("- when: %s; commit `%s`; result file `%s`", r.Time, r.Commit, file)
+	if r.Command != "" {
+		p.line("- command: `%s`", r.Command)
+	}
+	p.line("")
+	p.line("| workload | measured | target | floor / anchor |")
+	p.line("|---|---:|---|---|")
+	for _, x := range r.Results {
+		p.line("| %s | %s %s | %s | %s |", strings.TrimSpace(x.Workload), gpuValue(x.Value), x.Unit, x.Target, x.Floor)
+	}
+}
+
+// gpuValue prints a measurement with the digits that mean something: 131276 tok/s, 56.9 µs,
+// 2.198 ms.
+func gpuValue(v float64) string {
+	switch a := math.Abs(v); {
+	case a >= 1000:
+		return fmt.Sprintf("%.0f", v)
+	case a >= 10:
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.3f", v)
 }
 
 // page writes markdown lines, remembering the first error.

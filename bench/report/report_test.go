@@ -105,3 +105,27 @@ func TestGenerateEmptyAndBad(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(root, "x.json"), []byte(`{"some": "thing"}`), 0o644))
 	assert.ErrorContains(t, Generate(root, out), "neither an offline report nor a serving result")
 }
+
+func TestGenerateGPU(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "perf")
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	gpu := `{"kind": "gpu", "device": "cuda:0 NVIDIA H100 80GB HBM3", "time": "2026-11-26T13:12:00Z", "commit": "9129c35",
+		"command": "scripts/gpu-check.sh", "results": [
+		{"workload": "decode batch 1, context 512 (graphs)", "value": 2.198, "unit": "ms/tok", "target": "TPOT ≤ 1.5 ms", "floor": "1.15 ms"},
+		{"workload": "  attn decode 64 × ctx 512, part auto = 512", "value": 56.932, "unit": "µs", "target": "", "floor": "79% of 3.0 TB/s"}]}`
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "gpu-h100.json"), []byte(gpu), 0o644))
+	out := filepath.Join(root, "performance.md")
+	require.NoError(t, Generate(dir, out))
+	data, err := os.ReadFile(out)
+	require.NoError(t, err)
+	md := string(data)
+	assert.Contains(t, md, "## CUDA backend on a GPU")
+	assert.Contains(t, md, "### cuda:0 NVIDIA H100 80GB HBM3")
+	assert.Contains(t, md, "commit `9129c35`; result file `gpu-h100.json`")
+	assert.Contains(t, md, "| decode batch 1, context 512 (graphs) | 2.198 ms/tok | TPOT ≤ 1.5 ms | 1.15 ms |")
+	assert.Contains(t, md, "| attn decode 64 × ctx 512, part auto = 512 | 56.9 µs |  | 79% of 3.0 TB/s |")
+
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "gpu-h100.json"), []byte(`{"kind": "gpu", "results": []}`), 0o644))
+	assert.ErrorContains(t, Generate(dir, out), "a GPU report without a device or results")
+}

@@ -51,7 +51,10 @@ func (r *benchReport) write() {
 	if path == "" {
 		return
 	}
-	b, err := json.MarshalIndent(map[string]any{"device": r.dev, "time": time.Now().UTC().Format(time.RFC3339), "results": r.rows}, "", "  ")
+	// "kind": "gpu" is what `qvl bench report` (bench/report) reads; QVL_BENCH_COMMIT names the
+	// commit the binaries were built from (the GPU machine has no git checkout of its own).
+	b, err := json.MarshalIndent(map[string]any{"kind": "gpu", "device": r.dev, "time": time.Now().UTC().Format(time.RFC3339),
+		"commit": os.Getenv("QVL_BENCH_COMMIT"), "command": "scripts/gpu-check.sh", "results": r.rows}, "", "  ")
 	require.NoError(r.t, err)
 	require.NoError(r.t, os.WriteFile(path, b, 0o644))
 }
