@@ -12,9 +12,10 @@
 // bf16 in ml.KVLayout's paged HND layout: element (slot, h, d) lives at
 // ((slot/bs · KV + h) · bs + slot%bs) · hd + d.
 //
-// Launch: grid (N tokens), block 32·min(heads + 2·kv_heads, 32) (warp w handles heads w, w+nw, ...:
-// one head per warp on the 2B's 48), dynamic shared memory (nw + 1) · hd floats (one head buffer
-// per warp, then cos|sin of the token).
+// Launch: grid (N tokens), block 32·nw threads (warp w handles heads w, w+nw, ...): at decode
+// (N ≤ 256) nw = min(heads + 2·kv_heads, 32), one head per warp on the 2B's 48; at prefill nw = 4
+// (runtime/cuda qkvThreads). Dynamic shared memory (nw + 1) · hd floats (one head buffer per
+// warp, then cos|sin of the token).
 // Floor: bandwidth, reading (H+2KV)·hd·4 bytes and writing H·hd·4 + 2·KV·hd·2 per token: 2B's
 // 32 heads of 128 at 4096 tokens is 16.8 MB + 12.6 MB, 10 µs at 3 TB/s; at decode a launch.
 #include "common.cuh"

@@ -118,6 +118,13 @@ func TestDecodeAndPrefillKernelChoice(t *testing.T) {
 	assert.Equal(t, "qvl_attn_prefill_hd128", kernelTable[id].name)
 }
 
+func TestQKVThreads(t *testing.T) {
+	assert.Equal(t, 1024, qkvThreads(1, 48), "decode: a warp per head, at most 32")
+	assert.Equal(t, 384, qkvThreads(64, 12))
+	assert.Equal(t, 1024, qkvThreads(qkvDecodeTokens, 48))
+	assert.Equal(t, 128, qkvThreads(qkvDecodeTokens+1, 48), "prefill: 4 warps")
+}
+
 func TestDecodePartition(t *testing.T) {
 	// Batch 1 at context 512 on 132 SMs: 8 KV heads, split 16 ways into partitions of 32.
 	part, n := decodePartition(8, 1, 512, 132)

@@ -9,16 +9,19 @@ import (
 
 // Thread counts of the kernels (the .cu files' launch bounds).
 const (
-	normThreads    = 256
-	rowThreads     = 256
-	qkvMaxWarps    = 32
-	attnThreads    = 128
-	embedThreads   = 256
-	sampleThreads  = 1024
-	decodeMaxPart  = 512
-	decodeMinPart  = 32
-	prefillTile    = 64
-	genericMaxHead = 256
+	normThreads = 256
+	rowThreads  = 256
+	qkvMaxWarps = 32
+	// qkvDecodeTokens is the most tokens a launch of qvl_qkv gets a warp per head for.
+	qkvDecodeTokens = 256
+	qkvPrefillWarps = 4
+	attnThreads     = 128
+	embedThreads    = 256
+	sampleThreads   = 1024
+	decodeMaxPart   = 512
+	decodeMinPart   = 32
+	prefillTile     = 64
+	genericMaxHead  = 256
 )
 
 func isBF16(t ml.Tensor) bool { return t.DType() == ml.BF16 }
@@ -308,11 +311,24 @@ func (b *Backend) QKV(qkv ml.Tensor, a ml.QKVArgs) error {
 		b.a.reset().ptr(ptr(qkv)).ptr(ptr(a.Q)).ptr(ptr(a.QNorm)).ptr(ptr(a.KNorm)).i32(flags).
 			ptr(ptr(a.Pos)).ptr(ptr(a.Slots)).ptr(ptr(a.K)).ptr(ptr(a.V)).ptr(tab).ptr(tab + uintptr(8*half)).
 			i32(a.Heads).i32(a.KVHeads).i32(hd).i32(l.BlockSize).i32(l.NumBlocks).f32(a.Eps).ptr(b.dev.errFlags())
-		// One warp per head (up to 32 warps): the heads' loads are in flight together.
-		threads := 32 * min(a.Heads+2*a.KVHeads, qkvMaxWarps)
+		threads := qkvThreads(n, a.Heads+2*a.KVHeads)
 		smem := (threads/32 + 1) * hd * 4
 		return b.launch(kQKV, d1(n), d1(threads), smem)
 	})
+}
+
+// qkvThreads is qvl_qkv's block size for n tokens of heads heads (q, k and v together). A
+// decode step's few tokens get one warp per head (up to 32 warps), so that every head's loads
+// are in flight at once: on the H100 that took the batch-64 step's qkv from 355 to 207 µs. A
+// prefill's thousands of blocks get 4 warps, as measured before that change: the prefill
+// benchmark went from ~130.5k to ~125k tokens/s in the run that brought 1024-thread blocks to
+// every step (their cos/sin table is computed by 64 threads while the rest wait, and only two
+// such blocks fit an SM).
+func qkvThreads(n, heads int) int {
+	if n > qkvDecodeTokens {
+		return 32 * qkvPrefillWarps
+	}
+	return 32 * min(heads, qkvMaxWarps)
 }
 
 // decodePartition chooses the split-K partition of decode attention: 512 tokens, halved (down

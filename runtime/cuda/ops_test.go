@@ -153,6 +153,8 @@ func TestOpQKV(t *testing.T) {
 		{1, 4, 1, 32, 16, 2, ml.Rope{Theta: 1e6, Section: []int{6, 5, 5}, Interleaved: true}, ml.F32},
 		{3, 2, 1, 48, 8, 2, ml.Rope{Theta: 1e4, Section: []int{8, 8, 8}}, ml.F32},
 		{4, 2, 2, 64, 16, 1, ml.Rope{Theta: 1e4}, ml.BF16},
+		// Past qkvDecodeTokens: 4 warps a block, each looping over several heads (prefill).
+		{300, 6, 3, 64, 16, 20, ml.Rope{Theta: 5e6, Section: []int{12, 10, 10}, Interleaved: true}, ml.BF16},
 	}
 	forEachCUDA(t, func(t *testing.T, b *Backend, gpu bool) {
 		for i, c := range cases {
