@@ -19,17 +19,7 @@ import (
 // context 1500, more than a warp's lanes, so that the merge's strided reads and its weights in
 // shared memory are covered (on the 4-SM emulation of the other tests a context splits ≤ 10 ways).
 func TestOpAttentionManyPartitions(t *testing.T) {
-	if os.Getenv("QVL_SKIP_SIM") != "" {
-		t.Skip("QVL_SKIP_SIM is set")
-	}
-	lib, skip, err := loadSim()
-	require.NoError(t, err)
-	if skip != "" {
-		t.Skip(skip)
-	}
-	b, err := newBackend(newSimDevice(lib, 132))
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, b.Close()) })
+	b := simBackendSMs(t, 132)
 	part, n := decodePartition(1, 2, 1500, 132)
 	require.Equal(t, 32, part)
 	require.Equal(t, 47, n)

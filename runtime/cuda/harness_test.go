@@ -48,7 +48,11 @@ func gpuBackend(t testing.TB) *Backend {
 }
 
 // simBackend returns a fresh backend on the CPU emulation, or skips the test when it cannot be built.
-func simBackend(t testing.TB) *Backend {
+func simBackend(t testing.TB) *Backend { return simBackendSMs(t, 4) }
+
+// simBackendSMs is simBackend on an emulated device of sms multiprocessors (132: the H100's
+// partition and split choices).
+func simBackendSMs(t testing.TB, sms int) *Backend {
 	t.Helper()
 	if os.Getenv("QVL_SKIP_SIM") != "" {
 		t.Skip("QVL_SKIP_SIM is set")
@@ -58,7 +62,7 @@ func simBackend(t testing.TB) *Backend {
 	if skip != "" {
 		t.Skip(skip)
 	}
-	b, err := newBackend(newSimDevice(lib, 4))
+	b, err := newBackend(newSimDevice(lib, sms))
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, b.Close()) })
 	return b

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
 	"testing"
 
 	"github.com/qvl-dev/qvl/runtime/ml"
@@ -472,17 +471,7 @@ func TestSampleSplit(t *testing.T) {
 // splitRows splits the rows by itself: 20 rows of 40,001 logits in 2 blocks each, and the issue
 // 6 benchmark's batch (64 rows of 151,936, top-k 20, top-p 0.8, temperature 0.7) in 2.
 func TestSampleSplitH100(t *testing.T) {
-	if os.Getenv("QVL_SKIP_SIM") != "" {
-		t.Skip("QVL_SKIP_SIM is set")
-	}
-	lib, skip, err := loadSim()
-	require.NoError(t, err)
-	if skip != "" {
-		t.Skip(skip)
-	}
-	b, err := newBackend(newSimDevice(lib, 132))
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, b.Close()) })
+	b := simBackendSMs(t, 132)
 	was := sampleSplitOn.Load()
 	sampleSplitOn.Store(true) // the split is opt-in (QVL_CUDA_SAMPLE_SPLIT=1)
 	t.Cleanup(func() { sampleSplitOn.Store(was) })
