@@ -11,14 +11,7 @@ func (b *Backend) NormMatMul(y, h, x, delta, norm, w ml.Tensor, eps float32) err
 	if err := ml.CheckNormMatMul(y, h, x, delta, norm, w); err != nil {
 		return err
 	}
-	if delta == nil {
-		if err := b.RMSNorm(h, x, norm, eps); err != nil {
-			return err
-		}
-	} else if err := b.AddRMSNorm(h, x, delta, norm, eps); err != nil {
-		return err
-	}
-	return b.MatMul(y, h, w)
+	return ml.NormMatMulOps(b, y, h, x, delta, norm, w, eps)
 }
 
 // SwiGLUMatMul implements ml.SwiGLUMatMuler: SwiGLU, then MatMul.
@@ -26,10 +19,7 @@ func (b *Backend) SwiGLUMatMul(y, act, gu, w ml.Tensor) error {
 	if err := ml.CheckSwiGLUMatMul(y, act, gu, w); err != nil {
 		return err
 	}
-	if err := b.SwiGLU(act, gu); err != nil {
-		return err
-	}
-	return b.MatMul(y, act, w)
+	return ml.SwiGLUMatMulOps(b, y, act, gu, w)
 }
 
 var (

@@ -64,14 +64,7 @@ func (b *Backend) NormMatMul(y, h, x, delta, norm, w ml.Tensor, eps float32) err
 	}
 	rows, k, m := x.Shape()[0], x.Shape()[1], w.Shape()[0]
 	if !useFused(rows, k, fusedNormMaxK, w) || m == 0 {
-		if delta == nil {
-			if err := b.RMSNorm(h, x, norm, eps); err != nil {
-				return err
-			}
-		} else if err := b.AddRMSNorm(h, x, delta, norm, eps); err != nil {
-			return err
-		}
-		return b.MatMul(y, h, w)
+		return ml.NormMatMulOps(b, y, h, x, delta, norm, w, eps)
 	}
 	return b.dev.do(func() error {
 		if delta != nil {
@@ -107,10 +100,7 @@ func (b *Backend) SwiGLUMatMul(y, act, gu, w ml.Tensor) error {
 	}
 	rows, k, m := act.Shape()[0], act.Shape()[1], w.Shape()[0]
 	if !useFused(rows, k, fusedActMaxK, w) || m == 0 {
-		if err := b.SwiGLU(act, gu); err != nil {
-			return err
-		}
-		return b.MatMul(y, act, w)
+		return ml.SwiGLUMatMulOps(b, y, act, gu, w)
 	}
 	return b.dev.do(func() error {
 		b.stale(y)

@@ -346,6 +346,28 @@ type NormMatMuler interface {
 	NormMatMul(y, h, x, delta, norm, w Tensor, eps float32) error
 }
 
+// NormMatMulOps computes NormMatMul with b's unfused ops: AddRMSNorm (RMSNorm when delta is
+// nil), then MatMul. It is the fallback of the model and of the fusing backends, and the CPU
+// backends' implementation.
+func NormMatMulOps(b Backend, y, h, x, delta, norm, w Tensor, eps float32) error {
+	if delta == nil {
+		if err := b.RMSNorm(h, x, norm, eps); err != nil {
+			return err
+		}
+	} else if err := b.AddRMSNorm(h, x, delta, norm, eps); err != nil {
+		return err
+	}
+	return b.MatMul(y, h, w)
+}
+
+// SwiGLUMatMulOps computes SwiGLUMatMul with b's unfused ops: SwiGLU, then MatMul.
+func SwiGLUMatMulOps(b Backend, y, act, gu, w Tensor) error {
+	if err := b.SwiGLU(act, gu); err != nil {
+		return err
+	}
+	return b.MatMul(y, act, w)
+}
+
 // SwiGLUMatMuler is implemented by backends that fuse SwiGLU with the MatMul that consumes it
 // (the MLP's down projection). The model calls it where the backend has it and SwiGLU, then
 // MatMul, otherwise.

@@ -380,14 +380,7 @@ func (m *Model) normMatMul(y, h, x, delta, norm, w ml.Tensor) error {
 	if f, ok := m.b.(ml.NormMatMuler); ok {
 		return f.NormMatMul(y, h, x, delta, norm, w, m.eps)
 	}
-	if delta == nil {
-		if err := m.b.RMSNorm(h, x, norm, m.eps); err != nil {
-			return err
-		}
-	} else if err := m.b.AddRMSNorm(h, x, delta, norm, m.eps); err != nil {
-		return err
-	}
-	return m.b.MatMul(y, h, w)
+	return ml.NormMatMulOps(m.b, y, h, x, delta, norm, w, m.eps)
 }
 
 // swigluMatMul writes act = SwiGLU(gu) and y = act·wᵀ: one op on backends that fuse it
@@ -396,10 +389,7 @@ func (m *Model) swigluMatMul(y, act, gu, w ml.Tensor) error {
 	if f, ok := m.b.(ml.SwiGLUMatMuler); ok {
 		return f.SwiGLUMatMul(y, act, gu, w)
 	}
-	if err := m.b.SwiGLU(act, gu); err != nil {
-		return err
-	}
-	return m.b.MatMul(y, act, w)
+	return ml.SwiGLUMatMulOps(m.b, y, act, gu, w)
 }
 
 // layer runs decoder layer i. On entry h holds RMSNorm(x) with the layer's input norm and qkv
