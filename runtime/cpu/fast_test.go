@@ -140,8 +140,13 @@ func TestFastMatMul(t *testing.T) {
 				w := randWeight(r, dt, m, k, 0, 1/math.Sqrt(float64(k)))
 				ns := []int{1, 2, 3, 4, 5, 12, 13, 17}
 				if m <= 769 {
-					// Both sides of GEMV_MAX (128): the GEMV and the packed GEMM.
+					// Both sides of GEMV_MAX (128): the GEMV and the packed GEMM (in exact mode with
+					// bf16 weights, the GEMV up to GEMV_EXACT_MAX).
 					ns = append(ns, 128, 129, 150)
+				}
+				if m == 769 && k == 160 && dt == ml.BF16 {
+					// Both sides of GEMV_EXACT_MAX (2048): the exact mode's GEMV and packed GEMM.
+					ns = append(ns, 2048, 2049)
 				}
 				for _, n := range ns {
 					x := randF32(r, n*k, 1)
