@@ -4,6 +4,7 @@ BIN ?= bin
 NVCC ?= nvcc
 KERNELS := $(wildcard kernels/*.cu)
 PTX := $(KERNELS:.cu=.ptx)
+PDL_PTX := $(patsubst kernels/%.cu,kernels/pdl/%.ptx,$(KERNELS))
 
 .PHONY: help build test vet run bench kernels check-kernels gpu-binaries gpu-check perf-page perf clean
 
@@ -25,13 +26,19 @@ run: build ## serve the built-in demo model on the CPU at 127.0.0.1:8000
 bench: ## Go benchmarks of the engine and the CPU kernels
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./runtime/...
 
-kernels: $(PTX) ## rebuild the PTX of kernels/*.cu with nvcc
+kernels: $(PTX) $(PDL_PTX) ## rebuild the PTX of kernels/*.cu with nvcc (and the sm_90 PDL build, kernels/pdl/)
 
 kernels/%.ptx: kernels/%.cu kernels/*.cuh
 	$(NVCC) -ptx -arch=compute_80 -O3 -std=c++17 -o $@ $<
 
+# The programmatic-dependent-launch build (QVL_CUDA_PDL=1): griddepcontrol needs compute_90.
+kernels/pdl/%.ptx: kernels/%.cu kernels/*.cuh
+	@mkdir -p kernels/pdl
+	$(NVCC) -ptx -arch=compute_90 -O3 -std=c++17 -DQVL_PDL -o $@ $<
+
 check-kernels: ## rebuild the PTX and fail if it differs from the committed PTX
-	$(MAKE) -B kernels && git diff --exit-code -- kernels/*.ptx
+	$(MAKE) -B kernels && git diff --exit-code -- kernels/*.ptx kernels/pdl/*.ptx && \
+		test -z "$$(git status --porcelain --untracked-files=all -- kernels/pdl)"
 
 gpu-binaries: ## build build/gpu/ (qvl and GPU test binaries, stripped to travel light) for scripts/gpu-check.sh
 	mkdir -p build/gpu

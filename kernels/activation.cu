@@ -14,6 +14,7 @@
 
 extern "C" __global__ void __launch_bounds__(256)
 qvl_swiglu(float* __restrict__ out, const float* __restrict__ gu, int rows, int I, qvl_bf16* __restrict__ out_bf16) {
+    QVL_PDL_ENTER();
     const long long n = (long long)rows * I;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += stride) {

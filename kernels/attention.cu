@@ -377,6 +377,7 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
 
 #define QVL_DECODE(HD, G)                                                                                           \
     extern "C" __global__ void __launch_bounds__(QVL_DECODE_THREADS) qvl_attn_decode_hd##HD##_g##G(QVL_DECODE_ARGS) { \
+        QVL_PDL_ENTER();                                                                                            \
         attn_decode<HD, G>(out, out_bf16, q, kc, vc, seq_start, ctx_len, tables, max_blocks, heads, kv_heads, bs,     \
                            num_blocks, scale, part, nparts, pout, pml, cnt, err);                                      \
     }                                                                                                               \
@@ -592,6 +593,7 @@ __device__ __forceinline__ void attn_prefill(float* __restrict__ out, qvl_bf16* 
         const qvl_bf16* __restrict__ kc, const qvl_bf16* __restrict__ vc, const int* __restrict__ seq_start,     \
         const int* __restrict__ ctx_len, const int* __restrict__ tables, int max_blocks, int heads, int kv_heads, \
         int bs, int num_blocks, float scale_log2, unsigned* err) {                                                \
+        QVL_PDL_ENTER();                                                                                          \
         attn_prefill<HD>(out, out_bf16, q, kc, vc, seq_start, ctx_len, tables, max_blocks, heads, kv_heads, bs,   \
                          num_blocks, scale_log2, err);                                                            \
     }                                                                                                             \
@@ -606,6 +608,7 @@ qvl_attn_generic(float* __restrict__ out, qvl_bf16* __restrict__ out_bf16, const
                  const qvl_bf16* __restrict__ kc, const qvl_bf16* __restrict__ vc, const int* __restrict__ seq_start, const int* __restrict__ ctx_len,
                  const int* __restrict__ tables, int max_blocks, int num_seqs, int heads, int kv_heads, int hd, int bs,
                  int num_blocks, float scale, unsigned* err) {
+    QVL_PDL_ENTER();
     const int r = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
     int lo = 0, hi = num_seqs - 1;
     while (lo < hi) {  // the last sequence whose first row is ≤ r

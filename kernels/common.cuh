@@ -23,6 +23,38 @@
 #define QVL_SPIN_WAIT() __nanosleep(64)
 #endif
 
+// QVL_PDL_ENTER() is the first statement of every kernel: programmatic dependent launch (PDL,
+// sm_90). Every kernel file is built twice (Makefile): kernels/X.ptx for compute_80, where the
+// statement is nothing, and kernels/pdl/X.ptx for compute_90 with QVL_PDL defined, which the
+// backend loads when QVL_CUDA_PDL=1 and launches with CUDA's programmatic stream serialization:
+// a kernel's blocks may then be scheduled while the kernel before it on the stream still runs
+// (its launch, block scheduling and prologue overlap the previous kernel's tail). There the
+// statement first lets the next kernel launch (griddepcontrol.launch_dependents) and then waits
+// until the previous kernel has completed and its writes are visible (griddepcontrol.wait):
+// code above it may only read memory that no kernel writes (the GEMVs prefetch their weights
+// there). Every kernel waits, so the ordering stays transitive along the stream. The "memory"
+// clobbers keep the compiler from moving loads or stores across them (and from marking loads
+// read-only, ld.global.nc: one reason the default build does not carry them).
+#if defined(QVL_PDL) && !defined(QVL_SIM)
+#define QVL_PDL_ENTER()                                                   \
+    do {                                                                  \
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); \
+        asm volatile("griddepcontrol.wait;" ::: "memory");              \
+    } while (0)
+#else
+#define QVL_PDL_ENTER() ((void)0)
+#endif
+
+// qvl_prefetch_l2 asks L2 for the 128-byte line holding p (no register result, nothing waits
+// for it); nothing in the emulation.
+__device__ __forceinline__ void qvl_prefetch_l2(const void* p) {
+#if defined(QVL_SIM)
+    (void)p;
+#else
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#endif
+}
+
 // qvl_globaltimer_ns reads the GPU's global nanosecond timer (the host's monotonic clock in the
 // emulation).
 __device__ __forceinline__ unsigned long long qvl_globaltimer_ns() {

@@ -264,6 +264,7 @@ qvl_embed(float* __restrict__ out, int N, int H, const int* __restrict__ tokens,
           int Ne, int D, int hid, int K, const qvl_bf16* __restrict__ fc1, const void* __restrict__ b1,
           const qvl_bf16* __restrict__ fc2, const void* __restrict__ b2, int flags, int* scratch,
           qvl_bf16* mid, unsigned* bar, unsigned* err) {
+    QVL_PDL_ENTER();
     QVL_DYN_SMEM(qvl_bf16, sm);  // QVL_EMBED_SMEM bytes when Nc > 0; untouched otherwise
     const int table_bf16 = flags & 1, b1_bf16 = (flags >> 1) & 1, b2_bf16 = (flags >> 2) & 1;
     const bool tanh_form = (flags >> 3) & 1;

@@ -1,18 +1,20 @@
 // Package kernels holds qvl's CUDA kernels as PTX, built from the .cu files beside it by
-// `make kernels` (nvcc -ptx -arch=compute_80) and embedded in the binary; the driver compiles
-// the PTX for the GPU it finds when the CUDA backend loads it. See README.md for what each
-// kernel computes, its launch shape and its floor.
+// `make kernels` (nvcc -ptx -arch=compute_80, and a compute_90 build for programmatic dependent
+// launch in pdl/) and embedded in the binary; the driver compiles the PTX for the GPU it finds
+// when the CUDA backend loads it. See README.md for what each kernel computes, its launch
+// shape and its floor.
 package kernels
 
 import (
 	"embed"
 	"fmt"
 	"io/fs"
+	"path"
 	"sort"
 	"strings"
 )
 
-//go:embed *.ptx
+//go:embed *.ptx pdl/*.ptx
 var ptx embed.FS
 
 // Module is one PTX file: the kernels of one op family.
@@ -24,8 +26,11 @@ type Module struct {
 }
 
 // Modules returns every embedded PTX module, sorted by name.
-func Modules() ([]Module, error) {
-	names, err := fs.Glob(ptx, "*.ptx")
+func Modules() ([]Module, error) { return modules("*.ptx") }
+
+// modules reads the embedded PTX files that match pattern, sorted by name.
+func modules(pattern string) ([]Module, error) {
+	names, err := fs.Glob(ptx, pattern)
 	if err != nil {
 		return nil, fmt.Errorf("kernels: listing the embedded PTX: %w", err)
 	}
@@ -36,7 +41,7 @@ func Modules() ([]Module, error) {
 		if err != nil {
 			return nil, fmt.Errorf("kernels: reading embedded %s: %w", n, err)
 		}
-		out = append(out, Module{Name: strings.TrimSuffix(n, ".ptx"), PTX: b})
+		out = append(out, Module{Name: strings.TrimSuffix(path.Base(n), ".ptx"), PTX: b})
 	}
 	return out, nil
 }

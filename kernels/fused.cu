@@ -39,6 +39,8 @@ extern "C" __global__ void __launch_bounds__(QVL_FUSED_THREADS)
 qvl_norm_gemv(float* __restrict__ y, float* __restrict__ h, qvl_bf16* __restrict__ h_bf16, float* __restrict__ x,
               const float* __restrict__ delta, const void* __restrict__ nw, int nw_bf16, const qvl_bf16* __restrict__ w,
               int N, int H, float eps, unsigned* __restrict__ cnt) {
+    qvl_gemv_prefetch<1, QVL_FUSED_WARPS>(w, N, H);
+    QVL_PDL_ENTER();
     __shared__ __align__(16) qvl_bf16 xs[QVL_FUSED_NORM_K];
     __shared__ float red[32];
     __shared__ int is_last;
@@ -96,6 +98,8 @@ QVL_REGISTER(qvl_norm_gemv)
 extern "C" __global__ void __launch_bounds__(QVL_FUSED_THREADS)
 qvl_swiglu_gemv(float* __restrict__ y, float* __restrict__ act, qvl_bf16* __restrict__ act_bf16,
                 const float* __restrict__ gu, const qvl_bf16* __restrict__ w, int N, int I) {
+    qvl_gemv_prefetch<1, QVL_FUSED_WARPS>(w, N, I);
+    QVL_PDL_ENTER();
     __shared__ __align__(16) qvl_bf16 xs[QVL_FUSED_ACT_K];
     const bool first = blockIdx.x == 0;
 #pragma unroll 4

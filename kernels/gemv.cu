@@ -32,6 +32,8 @@
     extern "C" __global__ void __launch_bounds__(32 * QVL_GEMV_WARPS)                                              \
         qvl_gemv_m##MR(float* __restrict__ y, const qvl_bf16* __restrict__ x, const qvl_bf16* __restrict__ w, int N, \
                        int K) {                                                                                    \
+        qvl_gemv_prefetch<RR, QVL_GEMV_WARPS>(w, N, K);                                                            \
+        QVL_PDL_ENTER();                                                                                           \
         qvl_gemv_body<MR, RR>(y, x, w, N, K);                                                                      \
     }                                                                                                              \
     QVL_REGISTER(qvl_gemv_m##MR)

@@ -118,6 +118,30 @@ __device__ __forceinline__ void qvl_gemv_rows(float (&acc)[R][M], const qvl_bf16
     }
 }
 
+// qvl_gemv_prefetch asks L2 for the start of this warp's first row group — the first 4 KB of
+// each of its R rows of W (all of a row at K ≤ 2048), one 128-byte line per lane — so that
+// under programmatic dependent launch (common.cuh's QVL_PDL_ENTER) the weight stream starts
+// while the previous kernel is still running. Call it before QVL_PDL_ENTER: W is a weight,
+// which no kernel writes. On the 2B's decode GEMMs a launch prefetches 8.4 MB (all of o's weight
+// on qvl_gemv_m1's 2,048 warps, the first row of each of the fused kernels' 2,112 warps); a
+// weight of more than 32 Mi elements (the LM head: prefetching a row for each of its 16,896
+// warps would overrun the 50 MB L2) is not prefetched.
+// Only the PDL build (QVL_PDL) prefetches: without PDL the weight loads follow at once.
+template <int R, int WARPS>
+__device__ __forceinline__ void qvl_gemv_prefetch(const qvl_bf16* __restrict__ w, int N, int K) {
+#if defined(QVL_PDL)
+    if ((long long)N * K > (32LL << 20)) return;
+    const int lane = threadIdx.x & 31;
+    const int n0 = (blockIdx.x * WARPS + (int)(threadIdx.x >> 5)) * R;
+    if (lane * 128LL >= 2LL * K) return;
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        if (n0 + r < N) qvl_prefetch_l2(reinterpret_cast<const char*>(w + (long long)(n0 + r) * K) + lane * 128);
+#else
+    (void)w, (void)N, (void)K;
+#endif
+}
+
 // qvl_gemv_body: each warp takes row groups (R rows) g, g + S, g + 2S, … (S = the grid's warps)
 // and, every G = min(32 / (R·M), GMAX) groups, stores its lanes' R·M partial sums per group in
 // shared memory, one slot of 32 (+1 padding: the reads below hit 32 banks) per sum, and lane s

@@ -84,6 +84,7 @@ __device__ __forceinline__ void rmsnorm_row(float* __restrict__ out, float* __re
 extern "C" __global__ void __launch_bounds__(256)
 qvl_rmsnorm(float* __restrict__ out, const float* __restrict__ x, const void* __restrict__ w, int w_bf16, int H,
             float eps, qvl_bf16* __restrict__ out_bf16) {
+    QVL_PDL_ENTER();
     rmsnorm_row<false>(out, const_cast<float*>(x), nullptr, w, w_bf16, H, eps, out_bf16);
 }
 QVL_REGISTER(qvl_rmsnorm)
@@ -91,6 +92,7 @@ QVL_REGISTER(qvl_rmsnorm)
 extern "C" __global__ void __launch_bounds__(256)
 qvl_add_rmsnorm(float* __restrict__ out, float* __restrict__ x, const float* __restrict__ delta,
                 const void* __restrict__ w, int w_bf16, int H, float eps, qvl_bf16* __restrict__ out_bf16) {
+    QVL_PDL_ENTER();
     rmsnorm_row<true>(out, x, delta, w, w_bf16, H, eps, out_bf16);
 }
 QVL_REGISTER(qvl_add_rmsnorm)

@@ -26,6 +26,7 @@ qvl_qkv(const float* __restrict__ qkv, float* __restrict__ q_out, const void* __
         qvl_bf16* __restrict__ kc, qvl_bf16* __restrict__ vc, const double* __restrict__ inv_freq,
         const int* __restrict__ axis, int heads, int kv_heads, int hd, int block_size, int num_blocks, float eps,
         unsigned* err) {
+    QVL_PDL_ENTER();
     QVL_DYN_SMEM(float, smem);
     const int n = blockIdx.x;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;

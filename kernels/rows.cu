@@ -25,6 +25,7 @@
 extern "C" __global__ void __launch_bounds__(256)
 qvl_gather_rows(float* __restrict__ out, const float* __restrict__ x, const int* __restrict__ idx, int H, int xrows,
                 unsigned* err, qvl_bf16* __restrict__ out_bf16) {
+    QVL_PDL_ENTER();
     const int r = blockIdx.x;
     const int src = idx[r];
     float* d = out + (long long)r * H;
@@ -43,6 +44,7 @@ QVL_REGISTER(qvl_gather_rows)
 extern "C" __global__ void __launch_bounds__(256)
 qvl_scatter_add_rows(float* __restrict__ x, const float* __restrict__ rows, const int* __restrict__ idx, int H,
                      int xrows, unsigned* err) {
+    QVL_PDL_ENTER();
     const int r = blockIdx.x;
     const int dst = idx[r];
     if (dst < 0 || dst >= xrows) {
@@ -57,6 +59,7 @@ QVL_REGISTER(qvl_scatter_add_rows)
 
 extern "C" __global__ void __launch_bounds__(256)
 qvl_f32_to_bf16(const float* __restrict__ x, qvl_bf16* __restrict__ y, long long n) {
+    QVL_PDL_ENTER();
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const bool vec = ((reinterpret_cast<unsigned long long>(x) | reinterpret_cast<unsigned long long>(y)) & 15) == 0;
@@ -78,6 +81,7 @@ QVL_REGISTER(qvl_f32_to_bf16)
 
 // One thread waits; in the emulation it busy-waits (no other thread waits on it).
 extern "C" __global__ void __launch_bounds__(32) qvl_spin(long long ns) {
+    QVL_PDL_ENTER();
     if (threadIdx.x != 0) return;
     const unsigned long long t0 = qvl_globaltimer_ns();
     while (qvl_globaltimer_ns() - t0 < (unsigned long long)ns) {

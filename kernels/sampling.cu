@@ -669,6 +669,7 @@ extern "C" __global__ void __launch_bounds__(QVL_SAMPLE_THREADS, 1)
 qvl_topk(const float* __restrict__ logits, int V, const int* __restrict__ kvec, int maxK, int* __restrict__ ids,
          float* __restrict__ vals, unsigned* __restrict__ done, unsigned* __restrict__ meta,
          unsigned long long* __restrict__ cand, unsigned* err) {
+    QVL_PDL_ENTER();
     __shared__ __align__(16) SelState st;
     const int r = blockIdx.x;
     const float* row = logits + (long long)r * V;
@@ -750,6 +751,7 @@ extern "C" __global__ void __launch_bounds__(QVL_SAMPLE_THREADS, 1)
 qvl_sample(const float* __restrict__ logits, int V, const float* __restrict__ params, int* __restrict__ out,
            unsigned* __restrict__ done, unsigned* __restrict__ meta, unsigned long long* __restrict__ cand,
            unsigned* err) {
+    QVL_PDL_ENTER();
     __shared__ __align__(16) SelState st;
     const int r = blockIdx.x, tid = threadIdx.x, S = (int)gridDim.y, sl = (int)blockIdx.y;
     const float* row = logits + (long long)r * V;

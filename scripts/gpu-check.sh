@@ -18,7 +18,8 @@
 # mixed requests teacher-forced for 32 steps on the 2B against the CPU backend (last: its CPU
 # reference is the slowest step, and the deadline should cut that rather than the benchmark);
 # then the goldens, the benchmark and the 2B run again with the opt-in paths that no GPU has
-# measured yet turned on (QVL_CUDA_FUSE=1 QVL_CUDA_SAMPLE_SPLIT=1 QVL_CUBLASLT_TUNE=1).
+# measured yet turned on (QVL_CUDA_FUSE=1 QVL_CUDA_SAMPLE_SPLIT=1 QVL_CUBLASLT_TUNE=1), and the
+# goldens and the benchmark with programmatic dependent launch added (QVL_CUDA_PDL=1).
 # Each step has a time limit and the whole run a deadline ($QVL_GPU_CHECK_BUDGET seconds,
 # default 470, so that it ends within 8 minutes); a step that fails or times out does not stop
 # the others. With QVL_GPU_NCU=1, Nsight Compute reads the decode attention kernel's counters.
@@ -133,7 +134,7 @@ have() {
 have cudab.test bindings-cuda && step bindings-cuda 90 "$root/bindings/cuda" "$bin/cudab.test" -test.v -test.timeout 80s
 have cublasb.test bindings-cublas && step bindings-cublas 90 "$root/bindings/cublas" "$bin/cublasb.test" -test.v -test.timeout 80s
 have cuda.test ops && step ops 150 "$root/runtime/cuda" "$bin/cuda.test" -test.v -test.timeout 140s \
-	-test.run 'TestKernelTable|TestOp|TestBF16Copy|TestTopK|TestSample|TestVerifyGoldens|TestGraphDecodeMatchesEager|TestFused|TestGemv'
+	-test.run 'TestKernelTable|TestOp|TestBF16Copy|TestTopK|TestSample|TestVerifyGoldens|TestGraphDecodeMatchesEager|TestFused|TestGemv|TestGPUPDL'
 golden=$root/testdata/goldens/qwen3vl-tiny-a
 if have qvl verify; then
 	step verify 60 "$root" "$bin/qvl" verify --backend cuda --goldens "$golden"
@@ -161,6 +162,13 @@ if have cuda.test bench; then
 		QVL_SYNTH_2B="$synthdir" "$bin/cuda.test" -test.v -test.timeout 190s -test.run 'TestGPUBenchmark'
 	step e2e-2b-optin 200 "$root/runtime/cuda" "${optin[@]}" QVL_SYNTH_2B="$synthdir" "$bin/cuda.test" -test.v \
 		-test.timeout 190s -test.run 'TestGPUSynth2BMixedRequests'
+	# Programmatic dependent launch on top of the opt-ins (sm_90; the ops step's
+	# TestGPUPDLMatchesDefault compares it with the default launches): the goldens and the
+	# benchmark once more, so its gain is the difference from bench-optin.
+	pdl=("${optin[@]}" QVL_CUDA_PDL=1)
+	step verify-pdl 60 "$root" "${pdl[@]}" "$bin/qvl" verify --backend cuda --goldens "$golden"
+	step bench-pdl 200 "$root/runtime/cuda" "${pdl[@]}" QVL_BENCH=1 QVL_BENCH_OUT="$out/bench-pdl.json" \
+		QVL_SYNTH_2B="$synthdir" "$bin/cuda.test" -test.v -test.timeout 190s -test.run 'TestGPUBenchmark'
 fi
 
 # Optional (QVL_GPU_NCU=1): Nsight Compute's counters for the decode attention kernel at batch 1
@@ -195,5 +203,10 @@ if [[ -f $out/bench-optin.log ]] && grep -q '^BENCH |' "$out/bench-optin.log"; t
 	echo "with ${optin[*]:1}:"
 	grep -E '^BENCH \| (decode|prefill|sample|  gemm .* 64 ×|  gemm .*1 ×)' "$out/bench-optin.log" | sed 's/^BENCH | //'
 	grep '^BENCH-PROFILE |' "$out/bench-optin.log" | sed 's/^BENCH-PROFILE | //'
+fi
+if [[ -f $out/bench-pdl.log ]] && grep -q '^BENCH |' "$out/bench-pdl.log"; then
+	echo
+	echo "with ${pdl[*]:1}:"
+	grep -E '^BENCH \| (decode|prefill)' "$out/bench-pdl.log" | sed 's/^BENCH | //'
 fi
 exit $failed

@@ -25,6 +25,7 @@ type Args struct {
 	vals     [MaxKernelArgs]uint64
 	ptrs     [MaxKernelArgs]uintptr
 	call     [11]uintptr
+	ex       launchEx
 	pin      runtime.Pinner
 }
 

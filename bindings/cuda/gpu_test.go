@@ -378,3 +378,75 @@ func BenchmarkGPULaunch(b *testing.B) {
 		return st.Synchronize()
 	})
 }
+
+//go:embed testdata/pdl.ptx
+var pdlPTX []byte
+
+// TestGPULaunchKernelExPDL chains pdl_step launches (y = 3y + 1) with programmatic stream
+// serialization, on the stream and captured into a graph, and checks that every launch saw the
+// previous one complete; and launches with no attributes.
+func TestGPULaunchKernelExPDL(t *testing.T) {
+	d := openGPU(t)
+	if p := d.Properties(); p.ComputeMajor < 9 {
+		t.Skipf("programmatic dependent launch needs compute capability 9.0; this GPU is %d.%d", p.ComputeMajor, p.ComputeMinor)
+	}
+	require.True(t, LaunchKernelExAvailable(), "the driver lacks cuLaunchKernelEx")
+	const n, chain = 100_003, 16
+	require.NoError(t, d.Do(func() error {
+		m, log, err := ModuleLoadDataEx(pdlPTX, true)
+		require.NoError(t, err, "JIT log: %s", log.Error)
+		defer func() { assert.NoError(t, m.Unload()) }()
+		f, err := m.Function("pdl_step")
+		require.NoError(t, err)
+		y, err := MemAlloc(n * 4)
+		require.NoError(t, err)
+		defer func() { assert.NoError(t, MemFree(y)) }()
+		st, err := StreamCreate(StreamNonBlocking)
+		require.NoError(t, err)
+		defer func() { assert.NoError(t, st.Destroy()) }()
+		a := NewArgs()
+		launch := func(attrs LaunchAttrs) error {
+			a.Reset().Ptr(y).U32(n).F32(3)
+			return LaunchKernelEx(f, D1((n+255)/256), D1(256), 0, st, attrs, a)
+		}
+		check := func(what string, applications int) {
+			got := make([]float32, n)
+			require.NoError(t, st.Synchronize())
+			require.NoError(t, MemcpyDtoH(got, y))
+			want := float32(0)
+			for k := 0; k < applications; k++ {
+				want = 3*want + 1
+			}
+			for i := range got {
+				require.Equal(t, want, got[i], "%s: element %d after %d launches", what, i, applications)
+			}
+		}
+		pdl := LaunchAttrs{ProgrammaticStreamSerialization: true}
+		require.NoError(t, MemsetD8(y, 0, n*4))
+		require.NoError(t, CtxSynchronize())
+		require.NoError(t, launch(LaunchAttrs{}))
+		for i := 1; i < chain; i++ {
+			require.NoError(t, launch(pdl))
+		}
+		check("stream", chain)
+
+		require.NoError(t, MemsetD8(y, 0, n*4))
+		require.NoError(t, CtxSynchronize())
+		require.NoError(t, st.BeginCapture(CaptureThreadLocal))
+		for i := 0; i < chain; i++ {
+			require.NoError(t, launch(pdl))
+		}
+		g, err := st.EndCapture()
+		require.NoError(t, err)
+		exec, err := g.Instantiate()
+		require.NoError(t, err)
+		require.NoError(t, g.Destroy())
+		defer func() { assert.NoError(t, exec.Destroy()) }()
+		require.NoError(t, exec.Launch(st))
+		check("graph", chain)
+
+		allocs := testing.AllocsPerRun(10, func() { _ = launch(pdl) })
+		require.Zero(t, allocs)
+		return st.Synchronize()
+	}))
+}

@@ -91,6 +91,7 @@ type driverAPI struct {
 	cuModuleUnload              uintptr
 	cuFuncSetAttribute          uintptr
 	cuLaunchKernel              uintptr
+	cuLaunchKernelEx            uintptr
 	cuStreamBeginCapture        uintptr
 	cuStreamEndCapture          uintptr
 	cuGraphInstantiateWithFlags uintptr
@@ -150,6 +151,7 @@ func (a *driverAPI) symbols() []symbol {
 		{"cuModuleUnload", &a.cuModuleUnload, false},
 		{"cuFuncSetAttribute", &a.cuFuncSetAttribute, false},
 		{"cuLaunchKernel", &a.cuLaunchKernel, false},
+		{"cuLaunchKernelEx", &a.cuLaunchKernelEx, false},
 		{"cuStreamBeginCapture_v2", &a.cuStreamBeginCapture, false},
 		{"cuStreamEndCapture", &a.cuStreamEndCapture, false},
 		{"cuGraphInstantiateWithFlags", &a.cuGraphInstantiateWithFlags, false},

@@ -88,6 +88,10 @@ type gpuDevice struct {
 	// capturing is set between beginCapture and endCapture, when the stream records instead of
 	// running and nothing may wait for it.
 	capturing bool
+	// pdl is set when the kernels run with programmatic dependent launch (envPDL): the modules
+	// are kernels.PDLModules and every launch goes through cuLaunchKernelEx with programmatic
+	// stream serialization.
+	pdl bool
 }
 
 var errCapturing = errors.New("cuda: not allowed while a graph is being captured")
@@ -106,6 +110,36 @@ const tuneMaxRows = 256
 
 // tuneReps is how many timed runs each candidate algorithm gets.
 const tuneReps = 5
+
+// envPDL set to "1" launches the kernels with programmatic dependent launch (PDL) on GPUs of
+// compute capability 9.0 and newer: each kernel is launched while the one before it is still
+// running, its blocks get resident and prefetch what they can (the GEMVs: their weights), and
+// wait on griddepcontrol.wait (kernels/common.cuh's QVL_PDL_ENTER) for the previous kernel's
+// results. It is off by default until a GPU run has measured it (written on the CPU emulation,
+// where it cannot run: the emulation has no PDL); scripts/gpu-check.sh runs the op tests, the
+// goldens, the benchmark and the 2B run with it on. On an older GPU or driver it is ignored,
+// with a line on standard error that says why.
+const envPDL = "QVL_CUDA_PDL"
+
+// pdlWanted is set when envPDL is "1".
+var pdlWanted atomic.Bool
+
+func init() { pdlWanted.Store(os.Getenv(envPDL) == "1") }
+
+// pdlMode decides whether a device of props runs the kernels with PDL: the reason is empty
+// when it does or was not asked to, and says why not otherwise.
+func pdlMode(want bool, props drv.Properties, haveLaunchEx bool) (on bool, why string) {
+	switch {
+	case !want:
+		return false, ""
+	case props.ComputeMajor < 9:
+		return false, fmt.Sprintf("%s=1 ignored: programmatic dependent launch needs compute capability 9.0, %s is %d.%d",
+			envPDL, props.Name, props.ComputeMajor, props.ComputeMinor)
+	case !haveLaunchEx:
+		return false, fmt.Sprintf("%s=1 ignored: the CUDA driver has no cuLaunchKernelEx", envPDL)
+	}
+	return true, ""
+}
 
 // tuneOff is set unless envTune is "1".
 var tuneOff atomic.Bool
@@ -127,6 +161,11 @@ func openGPU(ordinal int) (*gpuDevice, error) {
 		return nil, err
 	}
 	g := &gpuDevice{dev: d, props: d.Properties(), args: drv.NewArgs()}
+	var why string
+	g.pdl, why = pdlMode(pdlWanted.Load(), g.props, drv.LaunchKernelExAvailable())
+	if why != "" {
+		fmt.Fprintln(os.Stderr, "qvl: cuda:", why)
+	}
 	err = d.Do(func() error {
 		var err error
 		if g.stream, err = drv.StreamCreate(drv.StreamNonBlocking); err != nil {
@@ -155,7 +194,11 @@ func openGPU(ordinal int) (*gpuDevice, error) {
 }
 
 func (g *gpuDevice) loadKernels() error {
-	mods, err := kernels.Modules()
+	load := kernels.Modules
+	if g.pdl {
+		load = kernels.PDLModules
+	}
+	mods, err := load()
 	if err != nil {
 		return err
 	}
@@ -202,7 +245,11 @@ func (g *gpuDevice) loadKernels() error {
 }
 
 func (g *gpuDevice) info() devInfo {
-	return devInfo{name: g.props.String(), sms: g.props.Multiprocessors, persistent: g.props.Multiprocessors,
+	name := g.props.String()
+	if g.pdl {
+		name += ", programmatic dependent launch"
+	}
+	return devInfo{name: name, sms: g.props.Multiprocessors, persistent: g.props.Multiprocessors,
 		smemOptin: g.props.SharedMemoryPerBlockOptin}
 }
 
@@ -269,8 +316,14 @@ func (g *gpuDevice) launch(k kernelID, grid, block dim3, smem int, a *kargs) err
 	for _, v := range a.vals[:a.n] {
 		g.args.U64(v)
 	}
-	err := drv.LaunchKernel(g.fns[k], drv.Dim3{X: uint32(grid.x), Y: uint32(grid.y), Z: uint32(grid.z)},
-		drv.Dim3{X: uint32(block.x), Y: uint32(block.y), Z: uint32(block.z)}, uint32(smem), g.stream, g.args)
+	gd := drv.Dim3{X: uint32(grid.x), Y: uint32(grid.y), Z: uint32(grid.z)}
+	bd := drv.Dim3{X: uint32(block.x), Y: uint32(block.y), Z: uint32(block.z)}
+	var err error
+	if g.pdl {
+		err = drv.LaunchKernelEx(g.fns[k], gd, bd, uint32(smem), g.stream, drv.LaunchAttrs{ProgrammaticStreamSerialization: true}, g.args)
+	} else {
+		err = drv.LaunchKernel(g.fns[k], gd, bd, uint32(smem), g.stream, g.args)
+	}
 	if err != nil {
 		return fmt.Errorf("%s grid %v block %v smem %d: %w", kernelTable[k].name, grid, block, smem, err)
 	}
