@@ -25,6 +25,20 @@
 // Dynamic shared memory: QVL_EMBED_SMEM = 80 KiB (opted in by the backend; 0 without custom rows).
 // cbf lives in the mid scratch after mid's Ne·hid elements rounded up to 8 (16-byte aligned).
 //
+// Two entries share this code (embed_run<P>), differing only in the pipeline P (EmbedPipe):
+//   qvl_embed       K slices of 32, 4 stages, 80 KiB (the default);
+//   qvl_embed_bk64  K slices of 64, 3 stages, 108 KiB (QVL_EMBED_BK=64; opt-in until measured):
+//                   half the __syncthreads per K, 64 KiB of copies in flight per SM instead of 48.
+// Both accumulate the same k16 steps in the same order, so they give the same bits.
+//
+// flags: bit 0 table bf16, bit 1 b1 bf16, bit 2 b2 bf16, bit 3 tanh GELU; and two debug bits
+// that only the GPU benchmark's phase breakdown sets (runtime/cuda's embedPhase hook):
+//   QVL_EMBED_ONLY_AB (16)  phases A and B only (GEMM1 into mid), then return: no phase C and
+//                           no second grid barrier;
+//   QVL_EMBED_ONLY_C  (32)  phase C only (GEMM2, the scatter, the text and visual copies), no
+//                           grid barrier, on the mid, source map and (e, k) lists that the
+//                           previous launch with the same arguments left in scratch and mid.
+//
 // Text and visual rows are copied in 16-byte chunks of the flattened row grid (4 in flight per
 // thread) when H % 8 == 0 and the rows are aligned, else a row per block.
 // Floor: text rows are a gather, N·H·(2+4) bytes. The projector is FLOPs plus its weights:
@@ -34,13 +48,26 @@
 #include "common.cuh"
 
 #define QVL_EMBED_THREADS 256
-#define EBN 128            // output tile columns: 4 warps of 32
-#define EBK 32             // K slice of a pipeline stage
-#define ESTAGES 4          // pipeline depth
-#define ELD (EBK + 8)      // padded smem row (bf16, 80 B): ldmatrix's 8 row reads hit 32 distinct banks
-#define ESTAGE (256 * ELD)  // bf16 per stage: A (up to 128 rows) then W (128 rows)
-#define ECT (EBN + 8)      // f32 row of the staged GEMM2 output tile
-#define QVL_EMBED_SMEM (ESTAGES * ESTAGE * 2)  // 81,920 B (runtime/cuda/kernels.go: embedSmem)
+#define EBN 128        // output tile columns: 4 warps of 32
+#define ECT (EBN + 8)  // f32 row of the staged GEMM2 output tile
+#define QVL_EMBED_ONLY_AB 16  // debug bit of flags: phases A and B only (see above)
+#define QVL_EMBED_ONLY_C 32   // debug bit of flags: phase C only
+
+// EmbedPipe is the cp.async pipeline of the GEMMs: K slices of BK_ bf16 in STAGES stages, each
+// stage 256 padded rows (A, up to 128 rows, then W, 128 rows).
+template <int BK_>
+struct EmbedPipe {
+    static_assert(BK_ == 32 || BK_ == 64, "K slices of 32 or 64");
+    static constexpr int BK = BK_;                     // K slice of a pipeline stage
+    static constexpr int STAGES = BK_ == 32 ? 4 : 3;   // pipeline depth
+    static constexpr int LD = BK_ + 8;                 // padded smem row (bf16, 80 or 144 B): ldmatrix's
+                                                       // 8 row reads hit 32 distinct banks
+    static constexpr int STAGE = 256 * LD;             // bf16 per stage
+    static constexpr int SMEM = STAGES * STAGE * 2;    // bytes of dynamic shared memory
+    static_assert(SMEM >= 128 * ECT * 4, "GEMM2's staged f32 output tile fits in the pipeline's shared memory");
+};
+#define QVL_EMBED_SMEM (EmbedPipe<32>::SMEM)       // 81,920 B (runtime/cuda/kernels.go: embedSmem)
+#define QVL_EMBED_BK64_SMEM (EmbedPipe<64>::SMEM)  // 110,592 B (runtime/cuda/kernels.go: embedSmemBK64)
 
 // ── sm_80 primitives: cp.async (16 B, zero-fill), its groups, ldmatrix.x4 ────────────────────
 // Emulated by qvl_sim.h's block "embed.cu's sm_80 primitives".
@@ -75,21 +102,22 @@ __device__ __forceinline__ void embed_ldmatrix_x4(unsigned (&r)[4], const qvl_bf
 }
 #endif
 
-// embed_load_stage stages rows [r0, r0 + R) × columns [k0, k0 + EBK) of the bf16 matrix X
-// [rows × Kd] (row-major) into dst (R rows of ELD), zero past the matrix. vec (Kd % 8 == 0, X
+// embed_load_stage stages rows [r0, r0 + R) × columns [k0, k0 + P::BK) of the bf16 matrix X
+// [rows × Kd] (row-major) into dst (R rows of P::LD), zero past the matrix. vec (Kd % 8 == 0, X
 // 16-byte aligned): cp.async, complete once the pipeline's wait retires its group; otherwise
 // plain (L2) loads and shared stores, complete at the next __syncthreads.
-template <int R>
+template <class P, int R>
 __device__ __forceinline__ void embed_load_stage(qvl_bf16* dst, const qvl_bf16* __restrict__ X, int rows, int Kd, int r0,
                                                  int k0, bool vec) {
-    static_assert((R * (EBK / 8)) % QVL_EMBED_THREADS == 0, "stage chunks must divide among the threads");
+    constexpr int CR = P::BK / 8;  // 16-byte chunks per row
+    static_assert((R * CR) % QVL_EMBED_THREADS == 0, "stage chunks must divide among the threads");
 #pragma unroll
-    for (int i = 0; i < R * (EBK / 8) / QVL_EMBED_THREADS; i++) {
+    for (int i = 0; i < R * CR / QVL_EMBED_THREADS; i++) {
         const int c = (int)threadIdx.x + i * QVL_EMBED_THREADS;
-        const int r = c / (EBK / 8), kc = (c % (EBK / 8)) * 8;
+        const int r = c / CR, kc = (c % CR) * 8;
         const int row = r0 + r, k = k0 + kc;
         const bool in = row < rows && k < Kd;
-        qvl_bf16* d = dst + r * ELD + kc;
+        qvl_bf16* d = dst + r * P::LD + kc;
         if (vec) {
             embed_cp_async16(d, in ? X + (long long)row * Kd + k : X, in ? 16 : 0);
         } else {
@@ -106,9 +134,9 @@ __device__ __forceinline__ void embed_load_stage(qvl_bf16* dst, const qvl_bf16* 
 // W [N × Kd], both bf16 row-major) for this thread's fragments: acc[mi][ni][c] is tile row
 // wm·16·MI + mi·16 + g (+8 for c ≥ 2), column wn·32 + ni·8 + 2t + (c&1) (warp w: wm = w/4,
 // wn = w%4; lane: g = lane/4, t = lane%4). Every thread of the block calls it; sm is the
-// QVL_EMBED_SMEM bytes of dynamic shared memory, free again when it returns (all copies landed,
-// all reads done).
-template <int MI>
+// P::SMEM bytes of dynamic shared memory, free again when it returns (all copies landed, all
+// reads done).
+template <class P, int MI>
 __device__ __forceinline__ void embed_gemm_tile(float (&acc)[MI][4][4], qvl_bf16* sm, const qvl_bf16* __restrict__ A, int M,
                                                 const qvl_bf16* __restrict__ W, int N, int Kd, int m0, int n0, bool vec) {
     constexpr int BM = 32 * MI;
@@ -118,42 +146,43 @@ __device__ __forceinline__ void embed_gemm_tile(float (&acc)[MI][4][4], qvl_bf16
     for (int mi = 0; mi < MI; mi++)
 #pragma unroll
         for (int ni = 0; ni < 4; ni++) acc[mi][ni][0] = acc[mi][ni][1] = acc[mi][ni][2] = acc[mi][ni][3] = 0.f;
-    const int KT = (Kd + EBK - 1) / EBK;
+    constexpr int BK = P::BK, STAGES = P::STAGES, LD = P::LD, STAGE = P::STAGE;
+    const int KT = (Kd + BK - 1) / BK;
     __syncthreads();  // the previous user of sm (a tile's epilogue) is done with it
 #pragma unroll
-    for (int s = 0; s < ESTAGES - 1; s++) {
+    for (int s = 0; s < STAGES - 1; s++) {
         if (s < KT) {
-            embed_load_stage<BM>(sm + s * ESTAGE, A, M, Kd, m0, s * EBK, vec);
-            embed_load_stage<EBN>(sm + s * ESTAGE + 128 * ELD, W, N, Kd, n0, s * EBK, vec);
+            embed_load_stage<P, BM>(sm + s * STAGE, A, M, Kd, m0, s * BK, vec);
+            embed_load_stage<P, EBN>(sm + s * STAGE + 128 * LD, W, N, Kd, n0, s * BK, vec);
         }
         embed_cp_commit();
     }
     // Lane addresses of ldmatrix: A rows lane%16 at k half lane/16; W rows (lane/16)·8 + lane%8
     // at k half (lane/8)%2 (matrices: n-fragment 2p k-lo, 2p k-hi, 2p+1 k-lo, 2p+1 k-hi).
-    const int a_off = (wm * 16 * MI + (lane & 15)) * ELD + (lane >> 4) * 8;
-    const int b_off = 128 * ELD + (wn * 32 + (lane >> 4) * 8 + (lane & 7)) * ELD + ((lane >> 3) & 1) * 8;
+    const int a_off = (wm * 16 * MI + (lane & 15)) * LD + (lane >> 4) * 8;
+    const int b_off = 128 * LD + (wn * 32 + (lane >> 4) * 8 + (lane & 7)) * LD + ((lane >> 3) & 1) * 8;
     for (int kt = 0; kt < KT; kt++) {
-        embed_cp_wait<ESTAGES - 2>();  // this thread's copies of slice kt have landed
-        __syncthreads();               // everyone's have, and everyone is done with slice kt-1's stage
+        embed_cp_wait<STAGES - 2>();  // this thread's copies of slice kt have landed
+        __syncthreads();              // everyone's have, and everyone is done with slice kt-1's stage
         {
-            const int pf = kt + ESTAGES - 1;  // refill the stage that slice kt-1 used
+            const int pf = kt + STAGES - 1;  // refill the stage that slice kt-1 used
             if (pf < KT) {
-                qvl_bf16* st = sm + (pf % ESTAGES) * ESTAGE;
-                embed_load_stage<BM>(st, A, M, Kd, m0, pf * EBK, vec);
-                embed_load_stage<EBN>(st + 128 * ELD, W, N, Kd, n0, pf * EBK, vec);
+                qvl_bf16* st = sm + (pf % STAGES) * STAGE;
+                embed_load_stage<P, BM>(st, A, M, Kd, m0, pf * BK, vec);
+                embed_load_stage<P, EBN>(st + 128 * LD, W, N, Kd, n0, pf * BK, vec);
             }
             embed_cp_commit();
         }
-        const qvl_bf16* st = sm + (kt % ESTAGES) * ESTAGE;
+        const qvl_bf16* st = sm + (kt % STAGES) * STAGE;
 #pragma unroll
-        for (int ks = 0; ks < EBK / 16; ks++) {
+        for (int ks = 0; ks < BK / 16; ks++) {
             unsigned a[MI][4], b[4][2];
 #pragma unroll
-            for (int mi = 0; mi < MI; mi++) embed_ldmatrix_x4(a[mi], st + a_off + mi * 16 * ELD + ks * 16);
+            for (int mi = 0; mi < MI; mi++) embed_ldmatrix_x4(a[mi], st + a_off + mi * 16 * LD + ks * 16);
 #pragma unroll
             for (int p = 0; p < 2; p++) {
                 unsigned r[4];
-                embed_ldmatrix_x4(r, st + b_off + p * 16 * ELD + ks * 16);
+                embed_ldmatrix_x4(r, st + b_off + p * 16 * LD + ks * 16);
                 b[2 * p][0] = r[0], b[2 * p][1] = r[1], b[2 * p + 1][0] = r[2], b[2 * p + 1][1] = r[3];
             }
 #pragma unroll
@@ -172,6 +201,7 @@ __device__ __forceinline__ float embed_gelu(float x, bool tanh_form) {
 }
 
 // embed_gemm1 runs phase B's GEMM1 tiles of this block: mid = bf16(gelu(cbf·fc1ᵀ + b1)).
+template <class P>
 __device__ __forceinline__ void embed_gemm1(qvl_bf16* sm, const qvl_bf16* cbf, int Ne, int D, const qvl_bf16* __restrict__ fc1,
                                             const void* __restrict__ b1, int b1_bf16, int hid, bool tanh_form, qvl_bf16* mid) {
     constexpr int MI = 2, BM = 32 * MI;
@@ -182,7 +212,7 @@ __device__ __forceinline__ void embed_gemm1(qvl_bf16* sm, const qvl_bf16* cbf, i
     for (int tile = blockIdx.x; tile < mtiles * ntiles; tile += gridDim.x) {
         const int m0 = (tile % mtiles) * BM, n0 = (tile / mtiles) * EBN;
         float acc[MI][4][4];
-        embed_gemm_tile<MI>(acc, sm, cbf, Ne, fc1, hid, D, m0, n0, vec);
+        embed_gemm_tile<P, MI>(acc, sm, cbf, Ne, fc1, hid, D, m0, n0, vec);
 #pragma unroll
         for (int mi = 0; mi < MI; mi++)
 #pragma unroll
@@ -203,7 +233,7 @@ __device__ __forceinline__ void embed_gemm1(qvl_bf16* sm, const qvl_bf16* cbf, i
 // shared memory (f32, rows of ECT) and then written, one warp per BM/8 tile rows, to every
 // custom row that takes it and wins its destination (srcmap), a segment of at most 128
 // contiguous columns per (row, k) with coalesced stores.
-template <int MI>
+template <class P, int MI>
 __device__ __forceinline__ void embed_gemm2(qvl_bf16* sm, float* __restrict__ out, int H, int Nv, const int* __restrict__ cus_idx,
                                             int Ne, int hid, int K, const qvl_bf16* mid, const qvl_bf16* __restrict__ fc2,
                                             const void* __restrict__ b2, int b2_bf16, const int* srcmap, const int* head,
@@ -219,7 +249,7 @@ __device__ __forceinline__ void embed_gemm2(qvl_bf16* sm, float* __restrict__ ou
     for (int tile = blockIdx.x; tile < mtiles * ntiles; tile += gridDim.x) {
         const int m0 = (tile % mtiles) * BM, n0 = (tile / mtiles) * EBN;
         float acc[MI][4][4];
-        embed_gemm_tile<MI>(acc, sm, mid, Ne, fc2, KH, hid, m0, n0, vec);
+        embed_gemm_tile<P, MI>(acc, sm, mid, Ne, fc2, KH, hid, m0, n0, vec);
 #pragma unroll
         for (int mi = 0; mi < MI; mi++)
 #pragma unroll
@@ -257,17 +287,20 @@ __device__ __forceinline__ void embed_gemm2(qvl_bf16* sm, float* __restrict__ ou
     }
 }
 
-extern "C" __global__ void __launch_bounds__(QVL_EMBED_THREADS, 1)
-qvl_embed(float* __restrict__ out, int N, int H, const int* __restrict__ tokens, const void* __restrict__ table,
-          int vocab, const float* __restrict__ visual, const int* __restrict__ vis_idx, int Nv,
-          const float* __restrict__ custom, const int* __restrict__ cus_idx, const int* __restrict__ cus_src, int Nc,
-          int Ne, int D, int hid, int K, const qvl_bf16* __restrict__ fc1, const void* __restrict__ b1,
-          const qvl_bf16* __restrict__ fc2, const void* __restrict__ b2, int flags, int* scratch,
-          qvl_bf16* mid, unsigned* bar, unsigned* err) {
-    QVL_PDL_ENTER();
-    QVL_DYN_SMEM(qvl_bf16, sm);  // QVL_EMBED_SMEM bytes when Nc > 0; untouched otherwise
+// embed_run is the body of qvl_embed (P = EmbedPipe<32>) and qvl_embed_bk64 (EmbedPipe<64>).
+template <class P>
+__device__ __forceinline__ void embed_run(float* __restrict__ out, int N, int H, const int* __restrict__ tokens,
+                                          const void* __restrict__ table, int vocab, const float* __restrict__ visual,
+                                          const int* __restrict__ vis_idx, int Nv, const float* __restrict__ custom,
+                                          const int* __restrict__ cus_idx, const int* __restrict__ cus_src, int Nc, int Ne,
+                                          int D, int hid, int K, const qvl_bf16* __restrict__ fc1,
+                                          const void* __restrict__ b1, const qvl_bf16* __restrict__ fc2,
+                                          const void* __restrict__ b2, int flags, int* scratch, qvl_bf16* mid,
+                                          unsigned* bar, unsigned* err) {
+    QVL_DYN_SMEM(qvl_bf16, sm);  // P::SMEM bytes when Nc > 0; untouched otherwise
     const int table_bf16 = flags & 1, b1_bf16 = (flags >> 1) & 1, b2_bf16 = (flags >> 2) & 1;
     const bool tanh_form = (flags >> 3) & 1;
+    const bool only_ab = (flags & QVL_EMBED_ONLY_AB) != 0, only_c = (flags & QVL_EMBED_ONLY_C) != 0;
     const int nb = gridDim.x, bid = blockIdx.x, tid = threadIdx.x;
     const long long gstride = (long long)nb * blockDim.x, gtid = (long long)bid * blockDim.x + tid;
     const bool maps = Nv > 0 || Nc > 0;
@@ -277,7 +310,7 @@ qvl_embed(float* __restrict__ out, int N, int H, const int* __restrict__ tokens,
     // custom rounded to bf16, [Ne × D], after mid's Ne·hid elements rounded up to 8 (16-byte aligned)
     qvl_bf16* cbf = mid + (((long long)Ne * hid + 7) / 8) * 8;
 
-    if (maps) {
+    if (maps && !only_c) {
         for (long long i = gtid; i < N; i += gstride) srcmap[i] = 0;
         if (Nc > 0) {
             for (long long i = gtid; i < (long long)Ne * K; i += gstride) head[i] = -1;
@@ -300,13 +333,14 @@ qvl_embed(float* __restrict__ out, int N, int H, const int* __restrict__ tokens,
                 next[r] = atomicExch(&head[src], (int)r);
             }
         }
-        if (Nc > 0) embed_gemm1(sm, cbf, Ne, D, fc1, b1, b1_bf16, hid, tanh_form, mid);
-        qvl_grid_sync(bar);
+        if (Nc > 0) embed_gemm1<P>(sm, cbf, Ne, D, fc1, b1, b1_bf16, hid, tanh_form, mid);
+        if (!only_ab) qvl_grid_sync(bar);
     }
+    if (only_ab) return;  // debug: phases A and B alone (the bit is the same for the whole grid)
 
     if (Nc > 0) {
-        if (Ne > 64) embed_gemm2<4>(sm, out, H, Nv, cus_idx, Ne, hid, K, mid, fc2, b2, b2_bf16, srcmap, head, next);
-        else embed_gemm2<2>(sm, out, H, Nv, cus_idx, Ne, hid, K, mid, fc2, b2, b2_bf16, srcmap, head, next);
+        if (Ne > 64) embed_gemm2<P, 4>(sm, out, H, Nv, cus_idx, Ne, hid, K, mid, fc2, b2, b2_bf16, srcmap, head, next);
+        else embed_gemm2<P, 2>(sm, out, H, Nv, cus_idx, Ne, hid, K, mid, fc2, b2, b2_bf16, srcmap, head, next);
     }
 
     // Text and visual rows. With H % 8 == 0 and aligned rows (the models' case) every thread
@@ -373,4 +407,27 @@ qvl_embed(float* __restrict__ out, int N, int H, const int* __restrict__ tokens,
         }
     }
 }
+
+// The two entries (see the header): the same parameters, QVL_PDL_ENTER() first in each.
+#define QVL_EMBED_PARAMS                                                                                         \
+    float *__restrict__ out, int N, int H, const int *__restrict__ tokens, const void *__restrict__ table,       \
+        int vocab, const float *__restrict__ visual, const int *__restrict__ vis_idx, int Nv,                    \
+        const float *__restrict__ custom, const int *__restrict__ cus_idx, const int *__restrict__ cus_src,      \
+        int Nc, int Ne, int D, int hid, int K, const qvl_bf16 *__restrict__ fc1, const void *__restrict__ b1,    \
+        const qvl_bf16 *__restrict__ fc2, const void *__restrict__ b2, int flags, int *scratch, qvl_bf16 *mid, \
+        unsigned *bar, unsigned *err
+#define QVL_EMBED_ARGS                                                                                        \
+    out, N, H, tokens, table, vocab, visual, vis_idx, Nv, custom, cus_idx, cus_src, Nc, Ne, D, hid, K, fc1, b1, \
+        fc2, b2, flags, scratch, mid, bar, err
+
+extern "C" __global__ void __launch_bounds__(QVL_EMBED_THREADS, 1) qvl_embed(QVL_EMBED_PARAMS) {
+    QVL_PDL_ENTER();
+    embed_run<EmbedPipe<32>>(QVL_EMBED_ARGS);
+}
 QVL_REGISTER(qvl_embed)
+
+extern "C" __global__ void __launch_bounds__(QVL_EMBED_THREADS, 1) qvl_embed_bk64(QVL_EMBED_PARAMS) {
+    QVL_PDL_ENTER();
+    embed_run<EmbedPipe<64>>(QVL_EMBED_ARGS);
+}
+QVL_REGISTER(qvl_embed_bk64)

@@ -13,12 +13,31 @@
 // ((slot/bs · KV + h) · bs + slot%bs) · hd + d.
 //
 // Launch: grid (N tokens), block 32·nw threads (warp w handles heads w, w+nw, ...): at decode
-// (N ≤ 256) nw = min(heads + 2·kv_heads, 32), one head per warp on the 2B's 48; at prefill nw = 4
-// (runtime/cuda qkvThreads). Dynamic shared memory (nw + 1) · hd floats (one head buffer per
-// warp, then cos|sin of the token).
-// Floor: bandwidth, reading (H+2KV)·hd·4 bytes and writing H·hd·4 + 2·KV·hd·2 per token: 2B's
-// 32 heads of 128 at 4096 tokens is 16.8 MB + 12.6 MB, 10 µs at 3 TB/s; at decode a launch.
+// (N ≤ 256) nw = min(heads + 2·kv_heads, 32), one head per warp on the 2B's 32; at prefill nw = 4,
+// 8 heads a warp on the 2B (runtime/cuda qkvThreads). Dynamic shared memory (nw + 1) · hd floats
+// (one head buffer per warp, then cos|sin of the token). Each lane keeps its share of a head
+// (d = lane + 32k, k < QVL_QKV_LANE_REGS: all of it for hd ≤ 128) in registers, fetched two of
+// the warp's heads ahead: the first two heads' loads are issued before the cos/sin prologue,
+// and head h + 2·nw is loaded when head h starts, so a warp has two heads of loads in flight
+// while it normalises, rotates and stores (the arithmetic and its order are those of the
+// one-head-at-a-time loop: the sum of squares over d in ascending order).
+// Floor: bandwidth, reading (H+2KV)·hd·4 bytes and writing H·hd·4 + 2·KV·hd·2 per token: the
+// 2B's 32 heads of 128 at 4096 tokens read 67.1 MB and write 50.3 MB (16.8 M and 12.6 M
+// elements), 39 µs at 3 TB/s; at decode a launch.
 #include "common.cuh"
+
+// QVL_QKV_LANE_REGS is how many elements of a head each lane holds in registers (d = lane + 32k):
+// all of it for hd ≤ 128; larger heads load the rest where they are used.
+#define QVL_QKV_LANE_REGS 4
+
+// qvl_qkv_fetch loads the lane's register share of a head's row x (0 past hd).
+__device__ __forceinline__ void qvl_qkv_fetch(float* v, const float* __restrict__ x, int lane, int hd) {
+#pragma unroll
+    for (int k = 0; k < QVL_QKV_LANE_REGS; ++k) {
+        const int d = lane + 32 * k;
+        v[k] = d < hd ? x[d] : 0.f;
+    }
+}
 
 extern "C" __global__ void __launch_bounds__(1024)
 qvl_qkv(const float* __restrict__ qkv, float* __restrict__ q_out, const void* __restrict__ qn,
@@ -33,6 +52,12 @@ qvl_qkv(const float* __restrict__ qkv, float* __restrict__ q_out, const void* __
     const int half = hd / 2;
     float* hb = smem + w * hd;
     float* cs = smem + nw * hd;  // cos[half] then sin[half]
+    const int nh = heads + 2 * kv_heads;
+    const float* row = qkv + (long long)n * nh * hd;
+    // The warp's first two heads are in flight while the block computes the token's cos/sin table.
+    float next[QVL_QKV_LANE_REGS], after[QVL_QKV_LANE_REGS];
+    if (w < nh) qvl_qkv_fetch(next, row + (long long)w * hd, lane, hd);
+    if (w + nw < nh) qvl_qkv_fetch(after, row + (long long)(w + nw) * hd, lane, hd);
     const int slot = slots[n];
     const bool slot_ok = slot >= 0 && slot < num_blocks * block_size;
     if (!slot_ok && threadIdx.x == 0) qvl_raise(err, QVL_ERR_SLOT);
@@ -49,26 +74,46 @@ qvl_qkv(const float* __restrict__ qkv, float* __restrict__ q_out, const void* __
         cs[half + j] = s;
     }
     __syncthreads();
-    const int width = (heads + 2 * kv_heads) * hd;
-    const float* row = qkv + (long long)n * width;
     const long long blk = slot_ok ? slot / block_size : 0, off = slot_ok ? slot % block_size : 0;
-    for (int h = w; h < heads + 2 * kv_heads; h += nw) {  // warp-uniform
+    for (int h = w; h < nh; h += nw) {  // warp-uniform
+        // This head's share was fetched two heads ago; the warp's head after next is loaded now,
+        // while this one is normalised, rotated and stored.
+        float cur[QVL_QKV_LANE_REGS];
+#pragma unroll
+        for (int k = 0; k < QVL_QKV_LANE_REGS; ++k) {
+            cur[k] = next[k];
+            next[k] = after[k];
+        }
+        if (h + 2 * nw < nh) qvl_qkv_fetch(after, row + (long long)(h + 2 * nw) * hd, lane, hd);
         const float* x = row + (long long)h * hd;
         if (h >= heads + kv_heads) {
             if (slot_ok) {
                 const int kvh = h - heads - kv_heads;
                 qvl_bf16* dst = vc + ((blk * kv_heads + kvh) * block_size + off) * hd;
-#pragma unroll 4
-                for (int d = lane; d < hd; d += 32) dst[d] = qvl_f32_to_bf16(x[d]);
+#pragma unroll
+                for (int k = 0; k < QVL_QKV_LANE_REGS; ++k) {
+                    const int d = lane + 32 * k;
+                    if (d < hd) dst[d] = qvl_f32_to_bf16(cur[k]);
+                }
+                for (int d = lane + 32 * QVL_QKV_LANE_REGS; d < hd; d += 32) dst[d] = qvl_f32_to_bf16(x[d]);
             }
             continue;
         }
         const bool isq = h < heads;
         const void* wn = isq ? qn : kn;
         const int wbf = isq ? (flags & 1) : ((flags >> 1) & 1);
+        // The sum of squares in the order of d (the registers' share first, then the rest).
         float ss = 0.f;
-#pragma unroll 4
-        for (int d = lane; d < hd; d += 32) {
+#pragma unroll
+        for (int k = 0; k < QVL_QKV_LANE_REGS; ++k) {
+            const int d = lane + 32 * k;
+            if (d < hd) {
+                const float v = cur[k];
+                hb[d] = v;
+                ss += v * v;
+            }
+        }
+        for (int d = lane + 32 * QVL_QKV_LANE_REGS; d < hd; d += 32) {
             const float v = x[d];
             hb[d] = v;
             ss += v * v;

@@ -182,6 +182,26 @@ if [[ -n ${QVL_GPU_NCU:-} && -n $ncu ]] && have cuda.test ncu-attn; then
 			--section MemoryWorkloadAnalysis "$bin/cuda.test" -test.run 'TestGPUAttentionShapes' -test.timeout 80s
 	done
 fi
+# Optional (QVL_GPU_NCU=1): qvl_embed's counters on the 2B projection of 256 embeddings, from
+# TestGPUEmbedShapes (its launch 1 of a qvl_embed* kernel is qvl_embed's first timed whole
+# launch): throughputs (SM, L2, DRAM), pipe use, warp stalls, plus the tensor pipe's active
+# cycles, the L2 → SM bytes and the main stall reasons as metrics. An ncu that does not know one
+# of the metrics fails the first try; the second runs the sections alone.
+if [[ -n ${QVL_GPU_NCU:-} && -n $ncu ]] && have cuda.test ncu-embed; then
+	embed_ncu=("$ncu" -k regex:qvl_embed --launch-skip 1 --launch-count 1 --section SpeedOfLight
+		--section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats
+		--section Occupancy --section LaunchStats)
+	stalls=smsp__average_warps_issue_stalled_
+	embed_metrics=sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,lts__t_bytes.sum.per_second
+	embed_metrics+=,lts__t_sectors_srcunit_tex_op_read.sum,${stalls}barrier_per_issue_active.ratio
+	embed_metrics+=,${stalls}long_scoreboard_per_issue_active.ratio,${stalls}short_scoreboard_per_issue_active.ratio
+	embed_metrics+=,${stalls}mio_throttle_per_issue_active.ratio,${stalls}math_pipe_throttle_per_issue_active.ratio
+	embed_metrics+=,${stalls}wait_per_issue_active.ratio
+	step ncu-embed 60 "$root/runtime/cuda" env QVL_NCU_METRICS="$embed_metrics" QVL_NCU_APP="$bin/cuda.test" bash -c '
+		"$@" --metrics "$QVL_NCU_METRICS" "$QVL_NCU_APP" -test.run TestGPUEmbedShapes -test.timeout 25s ||
+			{ echo "== ncu-embed: retrying with the sections alone"; "$@" "$QVL_NCU_APP" -test.run TestGPUEmbedShapes -test.timeout 25s; }' \
+		ncu-embed "${embed_ncu[@]}"
+fi
 
 echo
 echo "qvl gpu-check: logs in $out"

@@ -105,6 +105,10 @@ type Backend struct {
 	// sampleSplit, when positive, replaces splitRows's choice of blocks per row of TopK and
 	// Sample (tests use it to split small rows).
 	sampleSplit int
+	// embedBK64 makes EmbedProject launch qvl_embed_bk64 (QVL_EMBED_BK=64, read by newBackend);
+	// embedPhase runs only some of its phases (the GPU benchmark's breakdown; ops.go).
+	embedBK64  bool
+	embedPhase embedPhase
 
 	xbf, embedInts, embedMid, part, partML, partDone scratch
 	topkK, topkIDs, topkVals, params, sampled        scratch
@@ -128,8 +132,16 @@ func Open(o Options) (*Backend, error) {
 
 // newBackend makes a backend on an opened device.
 func newBackend(d device) (*Backend, error) {
-	b := &Backend{dev: d, info: d.info(), rope: map[ropeKey]uintptr{}}
-	err := d.do(func() error {
+	bk64, err := embedBK64FromEnv()
+	if err != nil {
+		return nil, err
+	}
+	b := &Backend{dev: d, info: d.info(), rope: map[ropeKey]uintptr{}, embedBK64: bk64}
+	if bk64 && embedSmemBK64 > b.info.smemOptin {
+		return nil, fmt.Errorf("cuda: %s=64 needs %d bytes of shared memory a block; %s allows %d",
+			envEmbedBK, embedSmemBK64, b.info.name, b.info.smemOptin)
+	}
+	err = d.do(func() error {
 		p, err := d.alloc(8)
 		if err != nil {
 			return fmt.Errorf("cuda: grid barrier: %w", err)

@@ -232,6 +232,9 @@ func (g *gpuDevice) loadKernels() error {
 				need = max(need, k.smem(hd))
 			}
 			if need > 48<<10 {
+				if need > g.props.SharedMemoryPerBlockOptin && k.optional {
+					continue // newBackend refuses the opt-in that would launch it
+				}
 				if need > g.props.SharedMemoryPerBlockOptin {
 					return fmt.Errorf("kernel %s needs %d bytes of shared memory; the device allows %d", k.name, need, g.props.SharedMemoryPerBlockOptin)
 				}

@@ -15,6 +15,9 @@ type kernelSpec struct {
 	name, sig string
 	// smem is the largest dynamic shared memory the kernel is launched with (0: none).
 	smem func(hd int) int
+	// optional kernels are opt-in variants: a device that cannot give them smem still opens
+	// (the backend refuses the opt-in instead).
+	optional bool
 }
 
 const (
@@ -27,6 +30,7 @@ const (
 	kQKV
 	kAttnGeneric
 	kEmbed
+	kEmbedBK64 // qvl_embed with K slices of 64 (QVL_EMBED_BK=64, ops.go)
 	kTopK
 	kSample
 	kSpin
@@ -56,11 +60,16 @@ var (
 const (
 	sigDecode  = "ppppppppiiiiifiipppp"
 	sigPrefill = "ppppppppiiiiifp"
+	sigEmbed   = "piippippipppiiiiippppipppp"
 )
 
 // embedSmem is qvl_embed's dynamic shared memory when it projects custom embeddings
-// (QVL_EMBED_SMEM of kernels/embed.cu: 4 pipeline stages of 256 rows of 40 bf16).
-const embedSmem = 4 * 256 * 40 * 2
+// (QVL_EMBED_SMEM of kernels/embed.cu: 4 pipeline stages of 256 rows of 40 bf16), and
+// embedSmemBK64 qvl_embed_bk64's (QVL_EMBED_BK64_SMEM: 3 stages of 256 rows of 72 bf16).
+const (
+	embedSmem     = 4 * 256 * 40 * 2
+	embedSmemBK64 = 3 * 256 * 72 * 2
+)
 
 // prefillSmem is the dynamic shared memory of qvl_attn_prefill_hd*: Q, K and V tiles of 64
 // rows of hd+8 bf16.
@@ -77,7 +86,8 @@ var kernelTable = func() []kernelSpec {
 		kSwiGLU:      {name: "qvl_swiglu", sig: "ppiip"},
 		kQKV:         {name: "qvl_qkv", sig: "ppppippppppiiiiifp"},
 		kAttnGeneric: {name: "qvl_attn_generic", sig: "ppppppppiiiiiiifp"},
-		kEmbed:       {name: "qvl_embed", sig: "piippippipppiiiiippppipppp", smem: func(int) int { return embedSmem }},
+		kEmbed:       {name: "qvl_embed", sig: sigEmbed, smem: func(int) int { return embedSmem }},
+		kEmbedBK64:   {name: "qvl_embed_bk64", sig: sigEmbed, smem: func(int) int { return embedSmemBK64 }, optional: true},
 		kTopK:        {name: "qvl_topk", sig: "pipipppppp"},
 		kSample:      {name: "qvl_sample", sig: "pipppppp"},
 		kSpin:        {name: "qvl_spin", sig: "l"},

@@ -3,6 +3,7 @@ package cuda
 import (
 	"fmt"
 	"math"
+	"os"
 
 	"github.com/qvl-dev/qvl/runtime/ml"
 )
@@ -26,12 +27,48 @@ const (
 
 func isBF16(t ml.Tensor) bool { return t.DType() == ml.BF16 }
 
-// elementwiseGrid is the grid of a grid-stride kernel over n elements.
-func (b *Backend) elementwiseGrid(n int) int {
-	return max(1, min((n+rowThreads-1)/rowThreads, 8*b.info.sms))
+// envEmbedBK picks the K slice of EmbedProject's GEMMs: "64" launches qvl_embed_bk64 (K slices
+// of 64 in 3 stages, 108 KiB of shared memory) instead of qvl_embed (32 in 4, 80 KiB); unset
+// or "32" keeps qvl_embed. It is read once, when a backend opens. Opt-in until a GPU run has
+// measured it: the GPU benchmark times both kernels whatever it says (bench_test.go).
+const envEmbedBK = "QVL_EMBED_BK"
+
+// embedBK64FromEnv reports whether envEmbedBK asks for K slices of 64; a value other than
+// unset, 32 and 64 is an error.
+func embedBK64FromEnv() (bool, error) {
+	switch v := os.Getenv(envEmbedBK); v {
+	case "", "32":
+		return false, nil
+	case "64":
+		return true, nil
+	default:
+		return false, fmt.Errorf("cuda: %s=%q: want 32 or 64", envEmbedBK, v)
+	}
 }
 
-// EmbedProject implements ml.Backend with one launch of qvl_embed (kernels/embed.cu).
+// embedPhase selects the phases a launch of qvl_embed runs (kernels/embed.cu's header): all
+// of them, except in the GPU benchmark's breakdown (bench_test.go), which sets
+// Backend.embedPhase; the product never does.
+type embedPhase int
+
+const (
+	// embedAllPhases runs the whole kernel.
+	embedAllPhases embedPhase = iota
+	// embedOnlyAB runs phases A and B (source map, lists, GEMM1 into mid) and stops.
+	embedOnlyAB
+	// embedOnlyC runs phase C alone (GEMM2, the scatter, the copies), without a grid barrier,
+	// on the mid, source map and lists that the previous launch with the same arguments left.
+	embedOnlyC
+)
+
+// Debug bits of qvl_embed's flags (QVL_EMBED_ONLY_AB, QVL_EMBED_ONLY_C).
+const (
+	embedFlagOnlyAB = 16
+	embedFlagOnlyC  = 32
+)
+
+// EmbedProject implements ml.Backend with one launch of qvl_embed (kernels/embed.cu), or of
+// qvl_embed_bk64 with QVL_EMBED_BK=64.
 func (b *Backend) EmbedProject(out ml.Tensor, a ml.EmbedArgs) error {
 	const op = "EmbedProject"
 	if err := ml.CheckEmbed(out, a); err != nil {
@@ -65,6 +102,16 @@ func (b *Backend) EmbedProject(out ml.Tensor, a ml.EmbedArgs) error {
 	flags := 0
 	if isBF16(a.Table) {
 		flags |= 1
+	}
+	switch b.embedPhase {
+	case embedOnlyAB:
+		flags |= embedFlagOnlyAB
+	case embedOnlyC:
+		flags |= embedFlagOnlyC
+	}
+	kernel, kernelSmem := kEmbed, embedSmem
+	if b.embedBK64 {
+		kernel, kernelSmem = kEmbedBK64, embedSmemBK64
 	}
 	maps := nv > 0 || nc > 0
 	grid := min(n, 4*b.info.sms)
@@ -107,9 +154,9 @@ func (b *Backend) EmbedProject(out ml.Tensor, a ml.EmbedArgs) error {
 			ptr(b.embedInts.p).ptr(b.embedMid.p).ptr(b.bar).ptr(b.dev.errFlags())
 		smem := 0
 		if nc > 0 {
-			smem = embedSmem
+			smem = kernelSmem
 		}
-		return b.launch(kEmbed, d1(max(grid, 1)), d1(embedThreads), smem)
+		return b.launch(kernel, d1(max(grid, 1)), d1(embedThreads), smem)
 	})
 }
 
@@ -224,12 +271,36 @@ func (b *Backend) SwiGLU(out, gu ml.Tensor) error {
 			return err
 		}
 		b.a.reset().ptr(ptr(out)).ptr(ptr(gu)).i32(rows).i32(inter).ptr(obf)
-		if err := b.launch(kSwiGLU, d1(b.elementwiseGrid(rows*inter)), d1(rowThreads), 0); err != nil {
+		grid := swigluGrid(rows, inter, swigluVector(ptr(out), ptr(gu), obf, inter), b.info.sms)
+		if err := b.launch(kSwiGLU, d1(grid), d1(rowThreads), 0); err != nil {
 			return err
 		}
 		b.produced(out, obf)
 		return nil
 	})
+}
+
+// swigluBlocksPerSM is qvl_swiglu's resident blocks per multiprocessor, the minimum its launch
+// bounds ask for (QVL_SWIGLU_BLOCKS_PER_SM in kernels/activation.cu: ≤ 64 registers).
+const swigluBlocksPerSM = 4
+
+// swigluVector reports whether qvl_swiglu takes its 4-element path for these pointers (out,
+// gu, and the bf16 copy obf or 0) and intermediate size: the kernel's own test, so that the
+// grid counts the units the kernel walks.
+func swigluVector(out, gu, obf uintptr, inter int) bool {
+	return inter%4 == 0 && (out|gu)%16 == 0 && obf%8 == 0
+}
+
+// swigluGrid is qvl_swiglu's grid: a 256-thread block per 256 units (4 elements each on the
+// vector path, 1 otherwise), at most swigluBlocksPerSM a multiprocessor, so that a prefill's
+// grid-stride blocks are all resident at once (more would leave a second, partial wave) and a
+// decode step's rows take one unit a thread.
+func swigluGrid(rows, inter int, vector bool, sms int) int {
+	units := rows * inter
+	if vector {
+		units /= 4
+	}
+	return max(1, min((units+rowThreads-1)/rowThreads, swigluBlocksPerSM*sms))
 }
 
 // ScatterAdd implements ml.Backend (qvl_scatter_add_rows; duplicate indices add up).

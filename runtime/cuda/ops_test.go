@@ -301,6 +301,13 @@ func seq(lo, hi int) []int32 {
 }
 
 func runEmbed(t *testing.T, bk ml.Backend, c embedCase, seed uint64) []float32 {
+	e, out, a := embedInputs(t, bk, c, seed)
+	require.NoError(t, bk.EmbedProject(out, a))
+	return e.read(out)
+}
+
+// embedInputs allocates case c's inputs (drawn from seed) and its NaN-poisoned output on bk.
+func embedInputs(t *testing.T, bk ml.Backend, c embedCase, seed uint64) (*env, ml.Tensor, ml.EmbedArgs) {
 	r := rand.New(rand.NewPCG(17, seed))
 	e := newEnv(t, bk)
 	toks := make([]int32, c.n)
@@ -324,37 +331,47 @@ func runEmbed(t *testing.T, bk ml.Backend, c embedCase, seed uint64) []float32 {
 			K:   c.k, H: c.h, TanhGELU: c.tanh,
 		}
 	}
-	out := e.out(ml.F32, c.n, c.h)
-	require.NoError(t, bk.EmbedProject(out, a))
-	return e.read(out)
+	return e, e.out(ml.F32, c.n, c.h), a
 }
 
+// TestOpEmbedProject runs every case on both EmbedProject kernels (embedVariants).
 func TestOpEmbedProject(t *testing.T) {
 	forEachCUDA(t, func(t *testing.T, b *Backend, gpu bool) {
-		for i, c := range embedCases {
-			t.Run(c.name, func(t *testing.T) {
-				got, want := runEmbed(t, b, c, uint64(i)), runEmbed(t, ref(), c, uint64(i))
-				custom := map[int32]bool{}
-				for _, d := range c.cusIdx {
-					custom[d] = true
-				}
-				// Text and visual rows are copies: exact. Custom rows went through the tensor cores.
-				var ge, we, gc, wc []float32
-				for row := 0; row < c.n; row++ {
-					gr, wr := got[row*c.h:(row+1)*c.h], want[row*c.h:(row+1)*c.h]
-					if custom[int32(row)] {
-						gc, wc = append(gc, gr...), append(wc, wr...)
-					} else {
-						ge, we = append(ge, gr...), append(we, wr...)
-					}
-				}
-				compare(t, "text and visual rows", "exact", ge, we)
-				if len(wc) > 0 {
-					compare(t, "custom rows", "Embed/custom", gc, wc)
-				}
+		for _, v := range embedVariants {
+			t.Run(v.name, func(t *testing.T) {
+				withEmbedVariant(t, b, v.bk64)
+				testEmbedCases(t, b)
 			})
 		}
 	})
+}
+
+// testEmbedCases runs embedCases on b against the CPU reference: text and visual rows exact,
+// custom rows under Embed/custom.
+func testEmbedCases(t *testing.T, b *Backend) {
+	for i, c := range embedCases {
+		t.Run(c.name, func(t *testing.T) {
+			got, want := runEmbed(t, b, c, uint64(i)), runEmbed(t, ref(), c, uint64(i))
+			custom := map[int32]bool{}
+			for _, d := range c.cusIdx {
+				custom[d] = true
+			}
+			// Text and visual rows are copies: exact. Custom rows went through the tensor cores.
+			var ge, we, gc, wc []float32
+			for row := 0; row < c.n; row++ {
+				gr, wr := got[row*c.h:(row+1)*c.h], want[row*c.h:(row+1)*c.h]
+				if custom[int32(row)] {
+					gc, wc = append(gc, gr...), append(wc, wr...)
+				} else {
+					ge, we = append(ge, gr...), append(we, wr...)
+				}
+			}
+			compare(t, "text and visual rows", "exact", ge, we)
+			if len(wc) > 0 {
+				compare(t, "custom rows", "Embed/custom", gc, wc)
+			}
+		})
+	}
 }
 
 // TestOpAttentionRepeatable runs split-K decode cases again and again on one backend: the

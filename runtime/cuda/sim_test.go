@@ -139,19 +139,22 @@ func (l *simLib) kernels() []string {
 // simDevice implements device over the emulation. Work runs synchronously at launch, so
 // sync is a no-op and events are wall-clock times.
 type simDevice struct {
-	lib    *simLib
-	sms    int
-	flags  uintptr
-	events map[uintptr]time.Time
-	nextEv uintptr
-	live   map[uintptr]int
+	lib *simLib
+	sms int
+	// smemOptin is the emulated opt-in shared memory a block (the H100's 227 KiB by default).
+	smemOptin int
+	flags     uintptr
+	events    map[uintptr]time.Time
+	nextEv    uintptr
+	live      map[uintptr]int
 	// capture, when non-nil, records operations instead of running them (graph capture).
 	capture *[]func() error
 	graphs  map[uintptr][]func() error
 }
 
 func newSimDevice(lib *simLib, sms int) *simDevice {
-	d := &simDevice{lib: lib, sms: sms, events: map[uintptr]time.Time{}, live: map[uintptr]int{}, graphs: map[uintptr][]func() error{}}
+	d := &simDevice{lib: lib, sms: sms, smemOptin: 227 << 10, events: map[uintptr]time.Time{}, live: map[uintptr]int{},
+		graphs: map[uintptr][]func() error{}}
 	d.flags = uintptr(lib.alloc(4 * errFlagCount))
 	lib.memset32(uint64(d.flags), 0, errFlagCount)
 	return d
@@ -160,7 +163,7 @@ func newSimDevice(lib *simLib, sms int) *simDevice {
 func (d *simDevice) info() devInfo {
 	// One persistent block: the emulation runs a grid's blocks one after another, so a
 	// grid-wide barrier can only be met by a grid of one block.
-	return devInfo{name: "cuda-sim (CPU emulation of the kernels)", sms: d.sms, persistent: 1, smemOptin: 227 << 10}
+	return devInfo{name: "cuda-sim (CPU emulation of the kernels)", sms: d.sms, persistent: 1, smemOptin: d.smemOptin}
 }
 
 func (d *simDevice) do(fn func() error) error { return fn() }

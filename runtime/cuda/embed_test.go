@@ -1,0 +1,172 @@
+package cuda
+
+import (
+	"math"
+	"math/rand/v2"
+	"os"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// embedVariants are EmbedProject's two kernels: qvl_embed (K slices of 32, the default) and
+// qvl_embed_bk64 (K slices of 64, QVL_EMBED_BK=64).
+var embedVariants = []struct {
+	name string
+	bk64 bool
+}{{"bk32", false}, {"bk64", true}}
+
+// withEmbedVariant makes b's EmbedProject launch qvl_embed_bk64 (bk64) or qvl_embed until the
+// test ends.
+func withEmbedVariant(t testing.TB, b *Backend, bk64 bool) {
+	was := b.embedBK64
+	b.embedBK64 = bk64
+	t.Cleanup(func() { b.embedBK64 = was })
+}
+
+// embedCase returns the case of embedCases named name, with its index (the inputs' seed).
+func embedCaseNamed(t *testing.T, name string) (embedCase, uint64) {
+	t.Helper()
+	for i, c := range embedCases {
+		if c.name == name {
+			return c, uint64(i)
+		}
+	}
+	t.Fatalf("no embed case %q", name)
+	return embedCase{}, 0
+}
+
+// TestOpEmbedVariantsAgree checks that qvl_embed_bk64 gives the bits qvl_embed gives: both
+// accumulate the same k16 steps in the same order (a partial last K slice adds only zeros),
+// so a difference is a bug in the pipeline, not rounding.
+func TestOpEmbedVariantsAgree(t *testing.T) {
+	forEachCUDA(t, func(t *testing.T, b *Backend, gpu bool) {
+		for i, c := range embedCases {
+			if len(c.cusIdx) == 0 {
+				continue
+			}
+			t.Run(c.name, func(t *testing.T) {
+				var outs [2][]float32
+				for j, v := range embedVariants {
+					withEmbedVariant(t, b, v.bk64)
+					outs[j] = runEmbed(t, b, c, uint64(i))
+				}
+				compare(t, "qvl_embed_bk64 vs qvl_embed", "exact", outs[1], outs[0])
+			})
+		}
+	})
+}
+
+// TestOpEmbedPhases checks the debug bits behind the GPU benchmark's phase breakdown
+// (Backend.embedPhase) on both kernels: phase C alone repeats the previous launch's output
+// from its mid and lists (it does not run GEMM1: the custom embeddings changed in between),
+// and phases A and B alone rewrite mid as the whole kernel does and write no output row.
+func TestOpEmbedPhases(t *testing.T) {
+	forEachCUDA(t, func(t *testing.T, b *Backend, gpu bool) {
+		// Ne 130 takes GEMM2's 128-row tiles, Ne 20 its 64-row ones.
+		for _, name := range []string{"custom_pipeline_odd", "custom_deep_k"} {
+			c, seed := embedCaseNamed(t, name)
+			for _, v := range embedVariants {
+				t.Run(name+"/"+v.name, func(t *testing.T) {
+					withEmbedVariant(t, b, v.bk64)
+					t.Cleanup(func() { b.embedPhase = embedAllPhases })
+					testEmbedPhases(t, b, c, seed)
+				})
+			}
+		}
+	})
+}
+
+func testEmbedPhases(t *testing.T, b *Backend, c embedCase, seed uint64) {
+	e, out, a := embedInputs(t, b, c, seed)
+	midLen := c.ne * c.hid
+	readMid := func() []uint16 {
+		m := make([]uint16, midLen)
+		require.NoError(t, b.dev.do(func() error { return b.dev.download(u16Bytes(m), b.embedMid.p) }))
+		return m
+	}
+	nan := make([]float32, c.n*c.h)
+	for i := range nan {
+		nan[i] = float32(math.NaN())
+	}
+
+	b.embedPhase = embedAllPhases
+	require.NoError(t, b.EmbedProject(out, a))
+	full, mid := e.read(out), readMid()
+
+	// New custom embeddings: phase C alone must not see them.
+	custom2 := randn(rand.New(rand.NewPCG(18, seed)), c.ne*c.d, 1)
+	require.NoError(t, b.Write(a.Custom, custom2))
+	require.NoError(t, b.Write(out, nan))
+	b.embedPhase = embedOnlyC
+	require.NoError(t, b.EmbedProject(out, a))
+	compare(t, "phase C alone vs the whole kernel", "exact", e.read(out), full)
+
+	// Phases A and B alone: mid (poisoned with bf16 NaN) from the new embeddings, no output.
+	require.NoError(t, b.dev.do(func() error { return b.dev.memset32(b.embedMid.p, 0xffffffff, (midLen+1)/2) }))
+	require.NoError(t, b.Write(out, nan))
+	b.embedPhase = embedOnlyAB
+	require.NoError(t, b.EmbedProject(out, a))
+	for i, v := range e.read(out) {
+		require.True(t, math.IsNaN(float64(v)), "phases A and B alone wrote output element %d (%v)", i, v)
+	}
+	midAB := readMid()
+	assert.NotEqual(t, mid, midAB, "phases A and B alone left the previous mid")
+
+	b.embedPhase = embedAllPhases
+	require.NoError(t, b.EmbedProject(out, a))
+	assert.Equal(t, readMid(), midAB, "mid of phases A and B alone vs the whole kernel's")
+	assert.NotEqual(t, full, e.read(out), "the whole kernel did not see the new embeddings")
+}
+
+// TestEmbedBKFromEnv checks that QVL_EMBED_BK picks the kernel when a backend opens and that a
+// bad value fails the open.
+func TestEmbedBKFromEnv(t *testing.T) {
+	// The emulation, to open backends on (not where QVL_SKIP_SIM is set or it cannot be built).
+	var lib *simLib
+	if os.Getenv("QVL_SKIP_SIM") == "" {
+		l, skip, err := loadSim()
+		require.NoError(t, err)
+		if skip == "" {
+			lib = l
+		}
+	}
+	for _, c := range []struct {
+		val  string
+		bk64 bool
+		err  string
+	}{{"", false, ""}, {"32", false, ""}, {"64", true, ""}, {"128", false, `QVL_EMBED_BK="128": want 32 or 64`}} {
+		t.Run("value_"+c.val, func(t *testing.T) {
+			t.Setenv(envEmbedBK, c.val)
+			bk64, err := embedBK64FromEnv()
+			if c.err != "" {
+				require.ErrorContains(t, err, c.err)
+			} else {
+				require.NoError(t, err)
+				assert.Equal(t, c.bk64, bk64)
+			}
+			if lib == nil {
+				return
+			}
+			b, err := newBackend(newSimDevice(lib, 4))
+			if c.err != "" {
+				require.ErrorContains(t, err, c.err)
+				return
+			}
+			require.NoError(t, err)
+			t.Cleanup(func() { require.NoError(t, b.Close()) })
+			assert.Equal(t, c.bk64, b.embedBK64)
+			// A device with the 99 KiB of sm_86/sm_89 opens, but refuses the 108 KiB variant.
+			small := newSimDevice(lib, 4)
+			small.smemOptin = 99 << 10
+			sb, err := newBackend(small)
+			if c.bk64 {
+				require.ErrorContains(t, err, "QVL_EMBED_BK=64 needs 110592 bytes of shared memory a block; cuda-sim (CPU emulation of the kernels) allows 101376")
+				return
+			}
+			require.NoError(t, err)
+			require.NoError(t, sb.Close())
+		})
+	}
+}
