@@ -223,6 +223,7 @@ if [[ -f $out/bench-optin.log ]] && grep -q '^BENCH |' "$out/bench-optin.log"; t
 	echo "with ${optin[*]:1}:"
 	grep -E '^BENCH \| (decode|prefill|sample|  gemm .* 64 ×|  gemm .*1 ×)' "$out/bench-optin.log" | sed 's/^BENCH | //'
 	grep '^BENCH-PROFILE |' "$out/bench-optin.log" | sed 's/^BENCH-PROFILE | //'
+	grep '^BENCH-TUNE |' "$out/bench-optin.log" | sed 's/^BENCH-TUNE | /cuBLASLt tuning: /'
 fi
 if [[ -f $out/bench-pdl.log ]] && grep -q '^BENCH |' "$out/bench-pdl.log"; then
 	echo

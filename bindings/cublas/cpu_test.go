@@ -315,3 +315,16 @@ func libcSymbol(t *testing.T, name string) uintptr {
 	require.NoError(t, err)
 	return p
 }
+
+// TestSplitKVariantChoices: which split-K factors and reduction schemes TuneLinear tries.
+func TestSplitKVariantChoices(t *testing.T) {
+	assert.Equal(t, []int{2, 4, 8, 16}, splitKCounts(64, 6144))
+	assert.Equal(t, []int{2, 4, 8}, splitKCounts(1, 2048))
+	assert.Equal(t, []int{2}, splitKCounts(8, 767))
+	assert.Empty(t, splitKCounts(8, 511), "slices under 256")
+	assert.Empty(t, splitKCounts(512, 6144), "prefill-sized M")
+	assert.Equal(t, uint32(reductionComputeType), reductionScheme(1|2|4))
+	assert.Equal(t, uint32(reductionOutputType), reductionScheme(1|4))
+	assert.Zero(t, reductionScheme(1), "in place only")
+	assert.Zero(t, reductionScheme(0))
+}

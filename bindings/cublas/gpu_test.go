@@ -1,6 +1,7 @@
 package cublas
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -306,7 +307,15 @@ func TestGPUTuneLinear(t *testing.T) {
 			require.True(t, h.Tuned(s, xp, wp, yp))
 			require.GreaterOrEqual(t, res.Best, 0)
 			require.Positive(t, res.Times[res.Best])
-			t.Logf("%d×%d×%d: candidates %v, kept %d", m, n, k, res.Times, res.Best)
+			require.Len(t, res.Cands, len(res.Times))
+			t.Logf("%d×%d×%d: kept %d (%s)", m, n, k, res.Best, res.Cands[res.Best])
+			for i := range res.Times {
+				t.Logf("  %-26s %v", res.Cands[i], res.Times[i])
+			}
+			if m == 64 {
+				// The decode-sized GEMM with a deep K gets split-K variants to choose from.
+				require.Contains(t, fmt.Sprint(res.Cands), "split-K", "no split-K variant of %d×%d×%d", m, n, k)
+			}
 			want := make([]float64, m*n)
 			linearRef(m, n, k, x, w, 0, want)
 			got := make([]float32, m*n)

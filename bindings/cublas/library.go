@@ -86,6 +86,9 @@ type blasAPI struct {
 	ltPrefDestroy         uintptr
 	ltAlgoGetHeuristic    uintptr
 	ltMatmul              uintptr
+	ltAlgoCapGetAttr      uintptr
+	ltAlgoConfigSetAttr   uintptr
+	ltAlgoCheck           uintptr
 }
 
 type symbol struct {
@@ -117,6 +120,9 @@ func (a *blasAPI) symbols() []symbol {
 		{1, "cublasLtMatmulPreferenceDestroy", &a.ltPrefDestroy, true},
 		{1, "cublasLtMatmulAlgoGetHeuristic", &a.ltAlgoGetHeuristic, true},
 		{1, "cublasLtMatmul", &a.ltMatmul, true},
+		{1, "cublasLtMatmulAlgoCapGetAttribute", &a.ltAlgoCapGetAttr, false},
+		{1, "cublasLtMatmulAlgoConfigSetAttribute", &a.ltAlgoConfigSetAttr, false},
+		{1, "cublasLtMatmulAlgoCheck", &a.ltAlgoCheck, false},
 	}
 }
 

@@ -146,6 +146,7 @@ const profSteps = 4
 func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz benchSizes) {
 	rep := &benchReport{t: t, dev: b.Name()}
 	defer rep.write()
+	defer printTuneLog(b)
 	weightBytes := float64(shape.Params()) * 2
 	floorMs := weightBytes / h100CopyBytesPerSec * 1e3
 	fmt.Printf("BENCH | device: %s\n", b.Name())
@@ -362,6 +363,16 @@ func profileDecode(t *testing.T, b *Backend, m *model.Model, r *rand.Rand, seqs 
 	}
 	total, calls := printProfile(fmt.Sprintf("batch-%d decode step, eager, stream held, per step:", len(seqs)), b.Profile(), profSteps)
 	return total, calls
+}
+
+// printTuneLog prints the GEMM shapes cuBLASLt tuning chose algorithms for (QVL_CUBLASLT_TUNE=1)
+// as BENCH-TUNE lines.
+func printTuneLog(b *Backend) {
+	if g, ok := b.dev.(*gpuDevice); ok {
+		for _, l := range g.tuneLog {
+			fmt.Printf("BENCH-TUNE | %s\n", l)
+		}
+	}
 }
 
 // printProfile prints prof's kernels (BENCH-PROFILE lines) per step over steps steps under

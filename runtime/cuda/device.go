@@ -88,6 +88,9 @@ type gpuDevice struct {
 	// capturing is set between beginCapture and endCapture, when the stream records instead of
 	// running and nothing may wait for it.
 	capturing bool
+	// tuneLog has a line per GEMM shape tuned (envTune): the candidate kept and the heuristic's
+	// first guess, for the benchmark's report.
+	tuneLog []string
 	// pdl is set when the kernels run with programmatic dependent launch (envPDL): the modules
 	// are kernels.PDLModules and every launch goes through cuLaunchKernelEx with programmatic
 	// stream serialization.
@@ -342,7 +345,9 @@ func (g *gpuDevice) linear(m, n, k int, bf16 bool, x, w, y uintptr) error {
 	if m <= tuneMaxRows && !tuneOff.Load() && !g.capturing && !g.blas.Tuned(s, drv.DevicePtr(x), drv.DevicePtr(w), drv.DevicePtr(y)) {
 		// The first call of a decode-sized shape times the heuristic's candidates and keeps the
 		// fastest (it writes y as the GEMM would); on any error the plain call below runs.
-		if _, err := g.blas.TuneLinear(s, drv.DevicePtr(x), drv.DevicePtr(w), drv.DevicePtr(y), tuneReps); err == nil {
+		if res, err := g.blas.TuneLinear(s, drv.DevicePtr(x), drv.DevicePtr(w), drv.DevicePtr(y), tuneReps); err == nil {
+			g.tuneLog = append(g.tuneLog, fmt.Sprintf("%d×%d×%d: kept %s %v (heuristic 0 %v) of %d candidates",
+				m, n, k, res.Cands[res.Best], res.Times[res.Best], res.Times[0], len(res.Times)))
 			return nil
 		}
 	}
