@@ -230,4 +230,16 @@ if [[ -f $out/bench-pdl.log ]] && grep -q '^BENCH |' "$out/bench-pdl.log"; then
 	echo "with ${pdl[*]:1}:"
 	grep -E '^BENCH \| (decode|prefill)' "$out/bench-pdl.log" | sed 's/^BENCH | //'
 fi
+# The default beside the opt-in runs, issue 6's workloads row by row, each with its change
+# against the default and whether that is better: which opt-in should become the default.
+compare=("$out/bench.json")
+for f in bench-optin bench-pdl; do
+	[[ -f $out/$f.json ]] && compare+=("$out/$f.json")
+done
+if ((${#compare[@]} > 1)) && [[ -f $out/bench.json && -x $bin/qvl ]]; then
+	echo
+	echo "default against the opt-ins (qvl bench compare; changes under 1% read \"same\"):"
+	"$bin/qvl" bench compare --only '^(decode|prefill|sample|top-k|fused projection|cuBLAS fc1)' "${compare[@]}" ||
+		echo "(qvl bench compare failed: see above)"
+fi
 exit $failed

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,14 +36,16 @@ func init() {
 	register("bench serve", "load-test an OpenAI-compatible server: TTFT, TPOT, ITL, E2E latency and throughput as vllm bench serve reports them", runBenchServe)
 	register("bench offline", "measure the engine without HTTP: decode and prefill tokens/s beside the machine's floor", runBenchOffline)
 	register("bench report", "generate the results page (docs/performance.md) from benchmark result files", runBenchReport)
+	register("bench compare", "result files side by side: each workload's value, change against the first file, better or worse", runBenchCompare)
 }
 
 func runBench(args []string) error {
-	fmt.Fprint(os.Stderr, `Usage: qvl bench <serve|offline|report> [flags]
+	fmt.Fprint(os.Stderr, `Usage: qvl bench <serve|offline|report|compare> [flags]
 
   serve     drive a running OpenAI-compatible server over HTTP (fixed concurrency or Poisson arrivals)
   offline   drive the engine directly: batch-size sweep of decode and prefill beside the hardware floor
   report    generate docs/performance.md from result files
+  compare   result files side by side (BASE.json OTHER.json...): change against the base, better or worse
 
 Run 'qvl bench serve -h' (and so on) for the flags.
 `)
@@ -546,4 +550,83 @@ func runBenchReport(args []string) error {
 	}
 	fmt.Fprintf(os.Stderr, "wrote %s\n", *out)
 	return nil
+}
+
+func runBenchCompare(args []string) error { return benchCompare(os.Stdout, os.Stderr, args) }
+
+// benchCompare is `qvl bench compare`, writing the table to out (and flag help to errOut).
+// Flags may come before, between or after the files.
+func benchCompare(out, errOut io.Writer, args []string) error {
+	fs := flag.NewFlagSet("bench compare", flag.ContinueOnError)
+	fs.SetOutput(errOut)
+	format := fs.String("format", "text", "text (an aligned table) or markdown (for docs/perf-log.md)")
+	names := fs.String("names", "", "column names, one per file, comma-separated (default: the file names without .json)")
+	only := fs.String("only", "", "keep the workloads whose name (leading spaces trimmed) matches this regular expression")
+	threshold := fs.Float64("threshold", 1, "a change smaller than this many percent reads \"same\" rather than better or worse")
+	fs.Usage = func() {
+		fmt.Fprint(errOut, `Usage: qvl bench compare [flags] BASE.json OTHER.json [MORE.json...]
+
+Matches the rows of GPU (runtime/cuda TestGPUBenchmark) or offline (qvl bench offline) result files by
+workload and prints each file's value, its change against BASE in percent and whether that is better or
+worse: lower is better for times (ms, µs, ms/tok) and ratios, higher for rates (tok/s); other units show
+the change only. A workload missing from a file shows —.
+
+`)
+		fs.PrintDefaults()
+	}
+	var paths []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil
+			}
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		paths = append(paths, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	if len(paths) < 2 {
+		return fmt.Errorf("want a base result file and at least one other to compare with it, got %d file(s)", len(paths))
+	}
+	opts := report.CompareOptions{Threshold: *threshold}
+	if *names != "" {
+		for _, n := range strings.Split(*names, ",") {
+			opts.Names = append(opts.Names, strings.TrimSpace(n))
+		}
+		if len(opts.Names) != len(paths) {
+			return fmt.Errorf("--names gives %d names for %d files", len(opts.Names), len(paths))
+		}
+	}
+	if *only != "" {
+		re, err := regexp.Compile(*only)
+		if err != nil {
+			return fmt.Errorf("--only: %w", err)
+		}
+		opts.Only = re
+	}
+	var write func(*report.Comparison, io.Writer) error
+	switch *format {
+	case "text":
+		write = (*report.Comparison).WriteText
+	case "markdown", "md":
+		write = (*report.Comparison).WriteMarkdown
+	default:
+		return fmt.Errorf("--format %q: want text or markdown", *format)
+	}
+	files := make([]*report.ResultFile, len(paths))
+	for i, p := range paths {
+		f, err := report.ReadResultFile(p)
+		if err != nil {
+			return err
+		}
+		files[i] = f
+	}
+	c, err := report.Compare(files, opts)
+	if err != nil {
+		return err
+	}
+	return write(c, out)
 }
