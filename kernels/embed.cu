@@ -39,6 +39,15 @@
 //                           grid barrier, on the mid, source map and (e, k) lists that the
 //                           previous launch with the same arguments left in scratch and mid.
 //
+// The GEMM path (flags QVL_EMBED_Y_GIVEN, 64): for many embeddings the backend runs the two
+// GEMMs on cuBLASLt instead (runtime/cuda project.go: custom → bf16, fc1, qvl_embed_gelu, fc2)
+// and passes Y = mid·fc2ᵀ (f32 [Ne, K·H], without b2) in place of mid; the launch then settles
+// the winners as above (no lists, no GEMMs, no shared memory) and copies each winning custom
+// row's slice of Y plus b2 (Y[e, k·H + c] + b2[k·H + c], the sum phase C's epilogue makes).
+//
+//   qvl_embed_gelu  mid[e, j] = bf16(gelu(x[e, j] + b1[j]))   e < Ne, j < hid: GEMM1's epilogue
+//                   for the GEMM path, the expression embed_gemm1 applies to its tiles.
+//
 // Text and visual rows are copied in 16-byte chunks of the flattened row grid (4 in flight per
 // thread) when H % 8 == 0 and the rows are aligned, else a row per block.
 // Floor: text rows are a gather, N·H·(2+4) bytes. The projector is FLOPs plus its weights:
@@ -52,6 +61,7 @@
 #define ECT (EBN + 8)  // f32 row of the staged GEMM2 output tile
 #define QVL_EMBED_ONLY_AB 16  // debug bit of flags: phases A and B only (see above)
 #define QVL_EMBED_ONLY_C 32   // debug bit of flags: phase C only
+#define QVL_EMBED_Y_GIVEN 64  // flags: Y was computed by the backend (cuBLASLt); mid points to it
 
 // EmbedPipe is the cp.async pipeline of the GEMMs: K slices of BK_ bf16 in STAGES stages, each
 // stage 256 padded rows (A, up to 128 rows, then W, 128 rows).
@@ -301,6 +311,7 @@ __device__ __forceinline__ void embed_run(float* __restrict__ out, int N, int H,
     const int table_bf16 = flags & 1, b1_bf16 = (flags >> 1) & 1, b2_bf16 = (flags >> 2) & 1;
     const bool tanh_form = (flags >> 3) & 1;
     const bool only_ab = (flags & QVL_EMBED_ONLY_AB) != 0, only_c = (flags & QVL_EMBED_ONLY_C) != 0;
+    const bool y_given = (flags & QVL_EMBED_Y_GIVEN) != 0;
     const int nb = gridDim.x, bid = blockIdx.x, tid = threadIdx.x;
     const long long gstride = (long long)nb * blockDim.x, gtid = (long long)bid * blockDim.x + tid;
     const bool maps = Nv > 0 || Nc > 0;
@@ -312,7 +323,7 @@ __device__ __forceinline__ void embed_run(float* __restrict__ out, int N, int H,
 
     if (maps && !only_c) {
         for (long long i = gtid; i < N; i += gstride) srcmap[i] = 0;
-        if (Nc > 0) {
+        if (Nc > 0 && !y_given) {
             for (long long i = gtid; i < (long long)Ne * K; i += gstride) head[i] = -1;
             for (long long i = gtid; i < (long long)Ne * D; i += gstride) cbf[i] = qvl_f32_to_bf16(custom[i]);
         }
@@ -330,15 +341,27 @@ __device__ __forceinline__ void embed_run(float* __restrict__ out, int N, int H,
                 qvl_raise(err, QVL_ERR_CUSTOM_SRC);
             } else {
                 atomicMax(&srcmap[d], (int)(1 + Nv + r));
-                next[r] = atomicExch(&head[src], (int)r);
+                if (!y_given) next[r] = atomicExch(&head[src], (int)r);
             }
         }
-        if (Nc > 0) embed_gemm1<P>(sm, cbf, Ne, D, fc1, b1, b1_bf16, hid, tanh_form, mid);
+        if (Nc > 0 && !y_given) embed_gemm1<P>(sm, cbf, Ne, D, fc1, b1, b1_bf16, hid, tanh_form, mid);
         if (!only_ab) qvl_grid_sync(bar);
     }
     if (only_ab) return;  // debug: phases A and B alone (the bit is the same for the whole grid)
 
-    if (Nc > 0) {
+    if (Nc > 0 && y_given) {
+        // The GEMM path: each winning custom row takes its slice of Y (mid holds Y) plus b2.
+        const float* Y = reinterpret_cast<const float*>(mid);
+        const int KH = K * H;
+        const long long total = (long long)Nc * H;
+        for (long long i = gtid; i < total; i += gstride) {
+            const int r = (int)(i / H), c = (int)(i - (long long)r * H);
+            const int d = cus_idx[r];
+            if (__ldcg(&srcmap[d]) != 1 + Nv + r) continue;
+            const int src = cus_src[r], e = src / K, kk = src - e * K;
+            out[(long long)d * H + c] = Y[(long long)e * KH + kk * H + c] + qvl_load_weight(b2, b2_bf16, kk * H + c);
+        }
+    } else if (Nc > 0) {
         if (Ne > 64) embed_gemm2<P, 4>(sm, out, H, Nv, cus_idx, Ne, hid, K, mid, fc2, b2, b2_bf16, srcmap, head, next);
         else embed_gemm2<P, 2>(sm, out, H, Nv, cus_idx, Ne, hid, K, mid, fc2, b2, b2_bf16, srcmap, head, next);
     }
@@ -431,3 +454,15 @@ extern "C" __global__ void __launch_bounds__(QVL_EMBED_THREADS, 1) qvl_embed_bk6
     embed_run<EmbedPipe<64>>(QVL_EMBED_ARGS);
 }
 QVL_REGISTER(qvl_embed_bk64)
+
+extern "C" __global__ void __launch_bounds__(256)
+qvl_embed_gelu(qvl_bf16* __restrict__ mid, const float* __restrict__ x, const void* __restrict__ b1, int b1_bf16, int tanh_form,
+               int Ne, int hid) {
+    QVL_PDL_ENTER();
+    const long long n = (long long)Ne * hid, stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const int col = (int)(i % hid);
+        mid[i] = qvl_f32_to_bf16(embed_gelu(x[i] + qvl_load_weight(b1, b1_bf16, col), tanh_form != 0));
+    }
+}
+QVL_REGISTER(qvl_embed_gelu)

@@ -109,8 +109,10 @@ type Backend struct {
 	// embedPhase runs only some of its phases (the GPU benchmark's breakdown; ops.go).
 	embedBK64  bool
 	embedPhase embedPhase
+	// embedPath, when not embedAuto, forces EmbedProject's path (tests and the benchmark).
+	embedPath embedPath
 
-	xbf, embedInts, embedMid, part, partML, partDone scratch
+	xbf, embedInts, embedMid, embedF32, part, partML, partDone scratch
 	topkK, topkIDs, topkVals, params, sampled        scratch
 	sampleDone, sampleWork                           scratch
 	fusedCnt                                         scratch // qvl_norm_gemv's block counter (fused.go; zero between launches)
@@ -462,7 +464,7 @@ func (b *Backend) Close() error {
 		var errs []error
 		errs = append(errs, b.dev.sync())
 		b.dropGraphs()
-		for _, s := range []*scratch{&b.xbf, &b.embedInts, &b.embedMid, &b.part, &b.partML, &b.partDone, &b.topkK,
+		for _, s := range []*scratch{&b.xbf, &b.embedInts, &b.embedMid, &b.embedF32, &b.part, &b.partML, &b.partDone, &b.topkK,
 			&b.topkIDs, &b.topkVals, &b.params, &b.sampled, &b.sampleDone, &b.sampleWork, &b.fusedCnt} {
 			if s.p != 0 {
 				errs = append(errs, b.dev.free(s.p))

@@ -481,8 +481,10 @@ func embedShapes(t *testing.T, b *Backend, rep *benchReport, h int, sz benchSize
 	out := e.out(ml.F32, n, h)
 	mid := e.out(ml.F32, ne, hid)
 	y := e.out(ml.F32, ne, kt*h)
-	defer func(bk64 bool) { b.embedBK64, b.embedPhase = bk64, embedAllPhases }(b.embedBK64)
-	b.embedBK64, b.embedPhase = false, embedAllPhases
+	defer func(bk64 bool, path embedPath) {
+		b.embedBK64, b.embedPhase, b.embedPath = bk64, embedAllPhases, path
+	}(b.embedBK64, b.embedPath)
+	b.embedBK64, b.embedPhase, b.embedPath = false, embedAllPhases, embedFused
 	require.NoError(t, b.EmbedProject(out, a)) // warm-up
 	whole32 := e.read(out)
 	require.NoError(t, b.MatMul(mid, custom, p.FC1))
@@ -566,6 +568,36 @@ func embedShapes(t *testing.T, b *Backend, rep *benchReport, h int, sz benchSize
 		rep.add(fmt.Sprintf("  %s whole − (A+B) − C", v.name), us(v.ph.whole-v.ph.ab-v.ph.c), "µs", "",
 			"the second grid barrier less a launch (each row pays one)")
 	}
+
+	// The GEMM path (project.go), what EmbedProject runs from embedGEMMMinNe embeddings on: all
+	// of its kernels, against the fused kernel's output.
+	b.embedBK64, b.embedPath = false, embedGEMMs
+	require.NoError(t, embed()) // warm-up (cuBLASLt plans)
+	gemmOut := e.read(out)
+	b.ResetProfile()
+	require.NoError(t, b.Hold(10*time.Millisecond))
+	b.SetProfiling(true)
+	for i := 0; i < reps; i++ {
+		require.NoError(t, embed())
+	}
+	prof := b.Profile()
+	b.SetProfiling(false)
+	var total time.Duration
+	var parts []string
+	for _, o := range prof {
+		total += o.Total
+		parts = append(parts, fmt.Sprintf("%s %.1f", o.Name, us(o.Total)/float64(reps)))
+	}
+	total /= time.Duration(reps)
+	var num, den float64
+	for i := range whole32 {
+		d := float64(gemmOut[i]) - float64(whole32[i])
+		num, den = num+d*d, den+float64(whole32[i])*float64(whole32[i])
+	}
+	rel := math.Sqrt(num / den)
+	assert.Less(t, rel, 1e-2, "the GEMM path's rows against qvl_embed's")
+	rep.add(fmt.Sprintf("EmbedProject %d emb → %d tokens, GEMM path (all its kernels)", ne, kt), us(total), "µs", target,
+		fmt.Sprintf("%.2f × cuBLAS; rel L2 %.1e vs qvl_embed; µs: %s", float64(total)/float64(g1+g2), rel, strings.Join(parts, ", ")))
 }
 
 // TestGPUEmbedShapes runs embedShapes alone on the 2B's shape (no checkpoint needed; about a

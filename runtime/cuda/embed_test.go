@@ -10,19 +10,23 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// embedVariants are EmbedProject's two kernels: qvl_embed (K slices of 32, the default) and
-// qvl_embed_bk64 (K slices of 64, QVL_EMBED_BK=64).
-var embedVariants = []struct {
+// embedVariant is one way EmbedProject computes custom rows.
+type embedVariant struct {
 	name string
 	bk64 bool
-}{{"bk32", false}, {"bk64", true}}
+	path embedPath
+}
 
-// withEmbedVariant makes b's EmbedProject launch qvl_embed_bk64 (bk64) or qvl_embed until the
-// test ends.
-func withEmbedVariant(t testing.TB, b *Backend, bk64 bool) {
-	was := b.embedBK64
-	b.embedBK64 = bk64
-	t.Cleanup(func() { b.embedBK64 = was })
+// embedVariants are EmbedProject's paths for custom rows: the fused kernel qvl_embed (K slices
+// of 32, the default), qvl_embed_bk64 (K slices of 64, QVL_EMBED_BK=64), and the GEMM path
+// (cuBLASLt, project.go).
+var embedVariants = []embedVariant{{"bk32", false, embedFused}, {"bk64", true, embedFused}, {"gemm", false, embedGEMMs}}
+
+// withEmbedVariant makes b's EmbedProject take path v until the test ends.
+func withEmbedVariant(t testing.TB, b *Backend, v embedVariant) {
+	wasBK, wasPath := b.embedBK64, b.embedPath
+	b.embedBK64, b.embedPath = v.bk64, v.path
+	t.Cleanup(func() { b.embedBK64, b.embedPath = wasBK, wasPath })
 }
 
 // embedCase returns the case of embedCases named name, with its index (the inputs' seed).
@@ -39,7 +43,8 @@ func embedCaseNamed(t *testing.T, name string) (embedCase, uint64) {
 
 // TestOpEmbedVariantsAgree checks that qvl_embed_bk64 gives the bits qvl_embed gives: both
 // accumulate the same k16 steps in the same order (a partial last K slice adds only zeros),
-// so a difference is a bug in the pipeline, not rounding.
+// so a difference is a bug in the pipeline, not rounding. The GEMM path sums over K in
+// cuBLASLt's order: it agrees to the custom rows' tolerance, and exactly on the other rows.
 func TestOpEmbedVariantsAgree(t *testing.T) {
 	forEachCUDA(t, func(t *testing.T, b *Backend, gpu bool) {
 		for i, c := range embedCases {
@@ -47,15 +52,30 @@ func TestOpEmbedVariantsAgree(t *testing.T) {
 				continue
 			}
 			t.Run(c.name, func(t *testing.T) {
-				var outs [2][]float32
+				outs := make([][]float32, len(embedVariants))
 				for j, v := range embedVariants {
-					withEmbedVariant(t, b, v.bk64)
+					withEmbedVariant(t, b, v)
 					outs[j] = runEmbed(t, b, c, uint64(i))
 				}
 				compare(t, "qvl_embed_bk64 vs qvl_embed", "exact", outs[1], outs[0])
+				compare(t, "GEMM path vs qvl_embed", "Embed/custom", outs[2], outs[0])
 			})
 		}
 	})
+}
+
+// TestEmbedPathChoice: the GEMM path from embedGEMMMinNe embeddings on, unless forced, and
+// never for the fused kernel's phase breakdown.
+func TestEmbedPathChoice(t *testing.T) {
+	b := &Backend{}
+	assert.False(t, b.embedUsesGEMMs(embedGEMMMinNe-1))
+	assert.True(t, b.embedUsesGEMMs(embedGEMMMinNe))
+	b.embedPath = embedFused
+	assert.False(t, b.embedUsesGEMMs(256))
+	b.embedPath = embedGEMMs
+	assert.True(t, b.embedUsesGEMMs(1))
+	b.embedPath, b.embedPhase = embedAuto, embedOnlyC
+	assert.False(t, b.embedUsesGEMMs(256), "the phase bits belong to the fused kernel")
 }
 
 // TestOpEmbedPhases checks the debug bits behind the GPU benchmark's phase breakdown
@@ -68,8 +88,11 @@ func TestOpEmbedPhases(t *testing.T) {
 		for _, name := range []string{"custom_pipeline_odd", "custom_deep_k"} {
 			c, seed := embedCaseNamed(t, name)
 			for _, v := range embedVariants {
+				if v.path != embedFused {
+					continue // the phases are the fused kernel's
+				}
 				t.Run(name+"/"+v.name, func(t *testing.T) {
-					withEmbedVariant(t, b, v.bk64)
+					withEmbedVariant(t, b, v)
 					t.Cleanup(func() { b.embedPhase = embedAllPhases })
 					testEmbedPhases(t, b, c, seed)
 				})

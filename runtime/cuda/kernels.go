@@ -31,6 +31,7 @@ const (
 	kAttnGeneric
 	kEmbed
 	kEmbedBK64 // qvl_embed with K slices of 64 (QVL_EMBED_BK=64, ops.go)
+	kEmbedGelu // qvl_embed_gelu: GEMM1's epilogue on the GEMM path (project.go)
 	kTopK
 	kSample
 	kSpin
@@ -88,6 +89,7 @@ var kernelTable = func() []kernelSpec {
 		kAttnGeneric: {name: "qvl_attn_generic", sig: "ppppppppiiiiiiifp"},
 		kEmbed:       {name: "qvl_embed", sig: sigEmbed, smem: func(int) int { return embedSmem }},
 		kEmbedBK64:   {name: "qvl_embed_bk64", sig: sigEmbed, smem: func(int) int { return embedSmemBK64 }, optional: true},
+		kEmbedGelu:   {name: "qvl_embed_gelu", sig: "pppiiii"},
 		kTopK:        {name: "qvl_topk", sig: "pipipppppp"},
 		kSample:      {name: "qvl_sample", sig: "pipppppp"},
 		kSpin:        {name: "qvl_spin", sig: "l"},

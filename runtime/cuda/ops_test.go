@@ -334,12 +334,12 @@ func embedInputs(t *testing.T, bk ml.Backend, c embedCase, seed uint64) (*env, m
 	return e, e.out(ml.F32, c.n, c.h), a
 }
 
-// TestOpEmbedProject runs every case on both EmbedProject kernels (embedVariants).
+// TestOpEmbedProject runs every case on every EmbedProject path (embedVariants).
 func TestOpEmbedProject(t *testing.T) {
 	forEachCUDA(t, func(t *testing.T, b *Backend, gpu bool) {
 		for _, v := range embedVariants {
 			t.Run(v.name, func(t *testing.T) {
-				withEmbedVariant(t, b, v.bk64)
+				withEmbedVariant(t, b, v)
 				testEmbedCases(t, b)
 			})
 		}
