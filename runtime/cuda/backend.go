@@ -113,9 +113,9 @@ type Backend struct {
 	embedPath embedPath
 
 	xbf, embedInts, embedMid, embedF32, part, partML, partDone scratch
-	topkK, topkIDs, topkVals, params, sampled        scratch
-	sampleDone, sampleWork                           scratch
-	fusedCnt                                         scratch // qvl_norm_gemv's block counter (fused.go; zero between launches)
+	topkK, topkIDs, topkVals, params, sampled                  scratch
+	sampleDone, sampleWork                                     scratch
+	fusedCnt                                                   scratch // qvl_norm_gemv's block counter (fused.go; zero between launches)
 }
 
 // Open opens GPU o.Device with its own stream, cuBLASLt handle and the embedded kernels.
