@@ -24,8 +24,13 @@
 //       atomic per (sequence, KV head) after a __threadfence (the CUDA programming guide's
 //       threadfence reduction); the merging block reads the partials through L2 (__ldcg) and
 //       puts the counter back to 0 for the next launch. The backend picks part so that the
-//       grid has ≥ 2 blocks per SM when it can (batch 1 at context 512 splits into 8
-//       partitions of 64).
+//       grid has ≥ 2 blocks per SM when it can (batch 1 at context 512 on 132 SMs splits into
+//       16 partitions of 32). Batch 1 is a chain of dependent round trips, kept short: the row,
+//       context and the partition's block-table entries are read together; q, the first warp
+//       step's keys and — when the partition fits one warp step of the block (single pass,
+//       ≤ NW·TPW·DU tokens: 64 at hd 128) — its values (cp.async into shared memory, no
+//       registers held) together; the merging block copies the partial outputs into shared
+//       memory while it reads the (m, l). Same arithmetic in the same order as the plain loops.
 //   qvl_attn_prefill_hd{32,64,128}  sequences with qlen ≥ 2 (FlashAttention-2 on mma.sync
 //       m16n8k16 bf16 → f32). Grid (⌈max qlen/64⌉, heads, sequences), block 128 (4 warps × 16
 //       query rows), dynamic shared memory (64 + 2·64)·(hd+8)·2 bytes (Q, K, V tiles; 52 KiB at
@@ -50,6 +55,21 @@
 
 __device__ __forceinline__ unsigned qvl_ld32(const qvl_bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
 
+// cp.async (sm_80) of 16 bytes, global → shared, its group commit and the wait for every group:
+// the single-pass decode's values. Emulated by qvl_sim.h (embed.cu's sm_80 primitives).
+#if !defined(QVL_SIM)
+__device__ __forceinline__ void attn_cp_async16(void* dst, const void* src) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src) : "memory");
+}
+__device__ __forceinline__ void attn_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void attn_cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+#else
+__device__ __forceinline__ void attn_cp_async16(void* dst, const void* src) { qvlsim::cp_async16(dst, src, 16); }
+__device__ __forceinline__ void attn_cp_commit() { qvlsim::cp_async_commit(); }
+__device__ __forceinline__ void attn_cp_wait_all() { qvlsim::cp_async_wait(0); }
+#endif
+
 template <int HD, int GMAX>
 __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* __restrict__ out_bf16,
                                             const float* __restrict__ q, const qvl_bf16* __restrict__ kc,
@@ -65,6 +85,7 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     // registers).
     constexpr int DU = (HD >= 256 || GMAX >= 8) ? 4 : 8;
     constexpr int NV = DU * GMAX;  // partial dot products per lane and warp step
+    constexpr int STEP = NW * TPW * DU;  // tokens of one warp step of the whole block
     constexpr int LOG_TPG = HD == 32 ? 2 : HD == 64 ? 3 : HD == 128 ? 4 : 5;
     static_assert((1 << LOG_TPG) == TPG, "TPG is a power of two");
     __shared__ __align__(16) float qs[GMAX][HD];
@@ -74,38 +95,57 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     __shared__ float stat[2][GMAX];
     __shared__ __align__(16) float accs[NW][GMAX][HD];
     __shared__ float mst[2][GMAX];  // merge: [1] = Σ_p weights
+    __shared__ uint4 vsm[NW * DU * 32];  // single pass: the values, lane l's u-th at (w·DU + u)·32 + l
     __shared__ int is_last;
 
     const int kvh = blockIdx.x, s = blockIdx.y, p = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     const int g = heads / kv_heads;
+    // Batch 1 is latency: each dependent global round trip costs ~1 µs against 0.7 µs of bytes,
+    // so the block issues its reads as early as their addresses allow. The sequence's row, its
+    // context and the partition's block-table entries go out together (the entries of tokens
+    // t0 .. t0+part−1, bounded by the table row's max_blocks: those past the context are read
+    // and never used); q, the first warp step's keys and (single pass) values go out together
+    // once those are back.
     const int row = seq_start[s];
     const int qlen = seq_start[s + 1] - row;
-    if (qlen != 1) return;
     const int ctx = ctx_len[s];
-    // ctx > nparts·part: the launch's context bound (MaxCtxLen) is below this sequence's context.
-    // nparts > QVL_DECODE_MAX_PART: the merge's weights would not fit lg (the backend refuses it).
-    if (ctx < 1 || ctx > max_blocks * bs || ctx > nparts * part || nparts > QVL_DECODE_MAX_PART) {
-        if (tid == 0) qvl_raise(err, QVL_ERR_ATTN_SEQ);
-        return;
-    }
     const int t0 = p * part;
-    if (t0 >= ctx) return;
-    const int t1 = qvl_imin(ctx, t0 + part);
     const int* table = tables + (long long)s * max_blocks;
     // Token t sits in page table[t/bs] at offset t%bs (shifts when bs is a power of two: a
     // division per token was a fifth of the kernel's instructions). The partition's pages are
-    // read into shared memory once, with q.
+    // read into shared memory once.
     const bool pow2 = (bs & (bs - 1)) == 0;
     const int shift = __ffs(bs) - 1;
     const int pg0 = pow2 ? (t0 >> shift) : (t0 / bs);
-    const int npg = (pow2 ? ((t1 - 1) >> shift) : ((t1 - 1) / bs)) - pg0 + 1;
-    for (int i = tid; i < npg; i += QVL_DECODE_THREADS) tb[i] = table[pg0 + i];
-    for (int i = tid; i < GMAX * HD; i += QVL_DECODE_THREADS) {
-        const int gi = i / HD, d = i % HD;
-        qs[gi][d] = gi < g ? q[((long long)row * heads + kvh * g + gi) * HD + d] * scale : 0.f;
+    // part ≤ QVL_DECODE_MAX_PART: the pages fit tb (≤ part/bs + 1); a bad part is raised below.
+    const bool part_ok = part >= 1 && part <= QVL_DECODE_MAX_PART;
+    if (part_ok) {
+        const int tl = t0 + part - 1;  // the partition's last token if the context covers it
+        const int pend = qvl_imin(max_blocks, (pow2 ? (tl >> shift) : (tl / bs)) + 1);
+        for (int i = tid; pg0 + i < pend; i += QVL_DECODE_THREADS) tb[i] = table[pg0 + i];
     }
-    __syncthreads();
+    if (qlen != 1) return;
+    // ctx > nparts·part: the launch's context bound (MaxCtxLen) is below this sequence's context.
+    // nparts > QVL_DECODE_MAX_PART: the merge's weights would not fit lg (the backend refuses it);
+    // !part_ok: the pages would not fit tb (the backend does not launch it).
+    if (!part_ok || ctx < 1 || ctx > max_blocks * bs || ctx > nparts * part || nparts > QVL_DECODE_MAX_PART) {
+        if (tid == 0) qvl_raise(err, QVL_ERR_ATTN_SEQ);
+        return;
+    }
+    if (t0 >= ctx) return;
+    const int t1 = qvl_imin(ctx, t0 + part);
+    // This thread's elements of q (the loop "i = tid; i < GMAX·HD; i += threads"), held in
+    // registers until the first warp step's loads are out.
+    constexpr int QI = (GMAX * HD + QVL_DECODE_THREADS - 1) / QVL_DECODE_THREADS;
+    float qv[QI];
+#pragma unroll
+    for (int k = 0; k < QI; k++) {
+        const int i = tid + k * QVL_DECODE_THREADS, gi = i / HD, d = i % HD;
+        qv[k] = 0.f;
+        if (i < GMAX * HD && gi < g) qv[k] = q[((long long)row * heads + kvh * g + gi) * HD + d];
+    }
+    __syncthreads();  // tb
     // kv_at returns the cache offset of token t's slice for this lane, or −1 when its page is
     // outside the cache.
     auto kv_at = [&](int t) -> long long {
@@ -116,6 +156,42 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
         return (((long long)blk * kv_heads + kvh) * bs + off) * HD;
     };
     const int sub = lane / TPG, c = lane % TPG;
+    // addrs fills at[u] with kv_at of the warp step's tokens base + u·TPW + sub (−1 past t1).
+    auto addrs = [&](int base, long long(&at)[DU]) {
+#pragma unroll
+        for (int u = 0; u < DU; u++) {
+            const int t = base + u * TPW + sub;
+            at[u] = t < t1 ? kv_at(t) : -1;
+        }
+    };
+    // keys loads a warp step's keys into kv (DU 16-byte loads in flight per lane) and, when
+    // vals, copies its values into vsm (cp.async: no registers held).
+    const int base0 = t0 + w * TPW * DU;
+    uint4 kv[DU];
+    auto keys = [&](int base, bool vals) {
+        long long at[DU];
+        addrs(base, at);
+#pragma unroll
+        for (int u = 0; u < DU; u++) {
+            kv[u] = make_uint4(0u, 0u, 0u, 0u);
+            if (at[u] >= 0) {
+                kv[u] = *reinterpret_cast<const uint4*>(kc + at[u] + c * 8);
+                if (vals) attn_cp_async16(&vsm[(w * DU + u) * 32 + lane], vc + at[u] + c * 8);
+            }
+        }
+        if (vals) attn_cp_commit();
+    };
+    // The first warp step's keys go out before q is in shared memory, and its values with them
+    // when the partition fits one step of the block (single pass: batch 1's partitions of ≤
+    // STEP tokens), rather than after the softmax.
+    const bool one = t1 - t0 <= STEP;  // block-uniform
+    keys(base0, one);
+#pragma unroll
+    for (int k = 0; k < QI; k++) {
+        const int i = tid + k * QVL_DECODE_THREADS, gi = i / HD, d = i % HD;
+        if (i < GMAX * HD) qs[gi][d] = gi < g ? qv[k] * scale : 0.f;
+    }
+    __syncthreads();  // qs
     float qr[GMAX][8];
 #pragma unroll
     for (int gi = 0; gi < GMAX; gi++)
@@ -145,19 +221,8 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     // flight at once. The TPG lanes of a token then sum their NV partial dot products with a
     // transposed reduction (each shuffle level halves the values a lane holds: NV/2 + NV/4 + …
     // shuffles instead of NV·log2 TPG).
-    for (int base = t0 + w * TPW * DU; base < t1; base += NW * TPW * DU) {  // warp-uniform
-        long long at[DU];
-#pragma unroll
-        for (int u = 0; u < DU; u++) {
-            const int t = base + u * TPW + sub;
-            at[u] = t < t1 ? kv_at(t) : -1;
-        }
-        uint4 kv[DU];
-#pragma unroll
-        for (int u = 0; u < DU; u++) {
-            kv[u] = make_uint4(0u, 0u, 0u, 0u);
-            if (at[u] >= 0) kv[u] = *reinterpret_cast<const uint4*>(kc + at[u] + c * 8);
-        }
+    // score scores the warp step at base from the keys in kv.
+    auto score = [&](int base) {
         float pd[NV];
 #pragma unroll
         for (int u = 0; u < DU; u++) {
@@ -201,14 +266,21 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
                 if (valid) mxh[j] = fmaxf(mxh[j], pd[j]);
             }
         }
+    };
+    // The first step is peeled (its keys are in kv already), so that no key registers stay live
+    // around the loop.
+    if (base0 < t1) score(base0);  // warp-uniform
+    for (int base = base0 + STEP; base < t1; base += STEP) {
+        keys(base, false);
+        score(base);
     }
     float mx[GMAX];
 #pragma unroll
     for (int gi = 0; gi < GMAX; gi++) {
         mx[gi] = -INFINITY;
 #pragma unroll
-        for (int j = 0; j < NH; j++)
-            if ((hb + j) % GMAX == gi) mx[gi] = fmaxf(mx[gi], mxh[j]);
+        for (int j = 0; j < NH; j++)  // a select, not a branch: mx stays in registers (never NaN)
+            mx[gi] = fmaxf(mx[gi], (hb + j) % GMAX == gi ? mxh[j] : -INFINITY);
     }
 #pragma unroll
     for (int gi = 0; gi < GMAX; gi++) {
@@ -254,18 +326,17 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     for (int gi = 0; gi < GMAX; gi++)
 #pragma unroll
         for (int j = 0; j < 8; j++) acc[gi][j] = 0.f;
-    for (int base = t0 + w * TPW * DU; base < t1; base += NW * TPW * DU) {  // DU loads in flight, as above
+    // pv accumulates the warp step at base, its values read from vsm (single pass: each lane
+    // reads back only what it copied) or from the cache (DU loads in flight, as above).
+    auto pv = [&](int base, bool from_vsm) {
         long long at[DU];
-#pragma unroll
-        for (int u = 0; u < DU; u++) {
-            const int t = base + u * TPW + sub;
-            at[u] = t < t1 ? kv_at(t) : -1;
-        }
+        addrs(base, at);
         uint4 vv[DU];
 #pragma unroll
         for (int u = 0; u < DU; u++) {
             vv[u] = make_uint4(0u, 0u, 0u, 0u);
-            if (at[u] >= 0) vv[u] = *reinterpret_cast<const uint4*>(vc + at[u] + c * 8);
+            if (at[u] >= 0)
+                vv[u] = from_vsm ? vsm[(w * DU + u) * 32 + lane] : *reinterpret_cast<const uint4*>(vc + at[u] + c * 8);
         }
 #pragma unroll
         for (int u = 0; u < DU; u++) {
@@ -281,6 +352,12 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
                 }
             }
         }
+    };
+    if (one) {  // block-uniform
+        attn_cp_wait_all();
+        if (base0 < t1) pv(base0, true);  // warp-uniform
+    } else {
+        for (int base = base0; base < t1; base += STEP) pv(base, false);
     }
 #pragma unroll
     for (int gi = 0; gi < GMAX; gi++)
@@ -334,33 +411,65 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     __syncthreads();
     if (!is_last) return;  // block-uniform
     __threadfence();
+    // The partial outputs of the first npf partitions are copied into shared memory (vsm, done
+    // with: pos[pp][gi][d]) by cp.async while the (m, l) are read: their addresses do not depend
+    // on the weights, and the copies hold no registers. The rest are read in the last loop.
+    constexpr int MPF = NW * DU * 32 * 4 / (GMAX * HD);  // vsm's floats per (gi, d): 16 at hd 128, g 2
+    static_assert(MPF >= 1, "vsm holds one partition's outputs");
+    float* pos = reinterpret_cast<float*>(vsm);
+    const int npf = qvl_imin(np, MPF), q4 = g * HD / 4;
+    // A lane's first partition's (m, l) of its warp's first head (m0, l0; below for the others)
+    // go out first; a warp without a head (w ≥ g) reads nothing.
+    auto ml0 = [&](int gi, float& m0, float& l0) {
+        const long long pi = ((long long)row * heads + kvh * g + gi) * nparts + lane;
+        m0 = -INFINITY;
+        l0 = 0.f;
+        if (gi < g && lane < np) {
+            m0 = __ldcg(pml + 2 * pi);
+            l0 = __ldcg(pml + 2 * pi + 1);
+        }
+    };
+    float m0, l0;
+    ml0(w, m0, l0);
+    for (int i = tid; i < npf * q4; i += QVL_DECODE_THREADS) {
+        const int pp = i / q4, e = 4 * (i - pp * q4), gi = e / HD, d = e % HD;
+        attn_cp_async16(pos + pp * g * HD + e, pout + (((long long)row * heads + kvh * g + gi) * nparts + pp) * HD + d);
+    }
+    attn_cp_commit();
     // The merge reads every partition's (m, l) and output in parallel: warp w takes heads
     // w, w+NW, ...; its lanes read the partitions' (m, l) side by side, reduce M and the weight
     // sum with shuffles and leave each partition's weight e^{m_p−M}·l_p / Σ in lg (free now;
     // np ≤ QVL_DECODE_MAX_PART because the backend keeps ctx ≤ 512 partitions of ≤ 512). A
-    // loop of one L2 read at a time per partition used to take ~20 µs at 16 partitions.
+    // loop of one L2 read at a time per partition used to take ~20 µs at 16 partitions. A lane
+    // keeps its first partition's (m, l) from the first read (m0, l0): one round trip when
+    // np ≤ 32.
     for (int gi = w; gi < g; gi += NW) {  // warp-uniform
         const long long base = ((long long)row * heads + kvh * g + gi) * nparts;
+        if (gi != w) ml0(gi, m0, l0);
         float m = -INFINITY;
-        for (int pp = lane; pp < np; pp += 32) m = fmaxf(m, __ldcg(pml + 2 * (base + pp)));
+        for (int pp = lane; pp < np; pp += 32) m = fmaxf(m, pp == lane ? m0 : __ldcg(pml + 2 * (base + pp)));
         m = qvl_warp_max(m);
         float wsum = 0.f;
         for (int pp = lane; pp < np; pp += 32) {
-            const float wp = expf(__ldcg(pml + 2 * (base + pp)) - m) * __ldcg(pml + 2 * (base + pp) + 1);
+            const float mp = pp == lane ? m0 : __ldcg(pml + 2 * (base + pp));
+            const float lp = pp == lane ? l0 : __ldcg(pml + 2 * (base + pp) + 1);
+            const float wp = expf(mp - m) * lp;
             lg[gi][pp] = wp;
             wsum += wp;
         }
         wsum = qvl_warp_sum(wsum);
         if (lane == 0) mst[1][gi] = wsum;
     }
-    __syncthreads();
+    attn_cp_wait_all();
+    __syncthreads();  // lg, mst, pos
     for (int i = tid; i < g * HD; i += QVL_DECODE_THREADS) {
         const int gi = i / HD, d = i % HD;
         const int h = kvh * g + gi;
         const long long base = ((long long)row * heads + h) * nparts;
         float o = 0.f;
+        for (int pp = 0; pp < npf; pp++) o += lg[gi][pp] * pos[pp * g * HD + i];
 #pragma unroll 8
-        for (int pp = 0; pp < np; pp++) o += lg[gi][pp] * __ldcg(pout + (base + pp) * HD + d);
+        for (int pp = npf; pp < np; pp++) o += lg[gi][pp] * __ldcg(pout + (base + pp) * HD + d);
         const long long oi = ((long long)row * heads + h) * HD + d;
         const float v = o / mst[1][gi];
         out[oi] = v;
@@ -375,26 +484,33 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
         int bs, int num_blocks, float scale, int part, int nparts, float *pout, float *pml, unsigned *cnt,          \
         unsigned *err
 
-#define QVL_DECODE(HD, G)                                                                                           \
-    extern "C" __global__ void __launch_bounds__(QVL_DECODE_THREADS) qvl_attn_decode_hd##HD##_g##G(QVL_DECODE_ARGS) { \
+// QVL_DECODE_BOUNDS(HD, G, bounds...) defines qvl_attn_decode_hd<HD>_g<G> with
+// __launch_bounds__(bounds...).
+#define QVL_DECODE_BOUNDS(HD, G, ...)                                                                               \
+    extern "C" __global__ void __launch_bounds__(__VA_ARGS__) qvl_attn_decode_hd##HD##_g##G(QVL_DECODE_ARGS) {      \
         QVL_PDL_ENTER();                                                                                            \
         attn_decode<HD, G>(out, out_bf16, q, kc, vc, seq_start, ctx_len, tables, max_blocks, heads, kv_heads, bs,     \
                            num_blocks, scale, part, nparts, pout, pml, cnt, err);                                      \
     }                                                                                                               \
     QVL_REGISTER(qvl_attn_decode_hd##HD##_g##G)
+#define QVL_DECODE(HD, G) QVL_DECODE_BOUNDS(HD, G, QVL_DECODE_THREADS)
+// Groups of 8 ask for 4 blocks an SM (≤ 128 registers): left to itself ptxas 11.8 gives
+// hd128_g8 168 (3 blocks). The others keep ptxas's own choice (asking for 1 block or for 4
+// makes it take ~125 registers where it now takes 72–80).
+#define QVL_DECODE_G8(HD) QVL_DECODE_BOUNDS(HD, 8, QVL_DECODE_THREADS, 4)
 
 QVL_DECODE(32, 1)
 QVL_DECODE(32, 2)
 QVL_DECODE(32, 4)
-QVL_DECODE(32, 8)
+QVL_DECODE_G8(32)
 QVL_DECODE(64, 1)
 QVL_DECODE(64, 2)
 QVL_DECODE(64, 4)
-QVL_DECODE(64, 8)
+QVL_DECODE_G8(64)
 QVL_DECODE(128, 1)
 QVL_DECODE(128, 2)
 QVL_DECODE(128, 4)
-QVL_DECODE(128, 8)
+QVL_DECODE_G8(128)
 QVL_DECODE(256, 1)
 QVL_DECODE(256, 2)
 QVL_DECODE(256, 4)

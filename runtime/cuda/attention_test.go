@@ -27,6 +27,55 @@ func TestOpAttentionManyPartitions(t *testing.T) {
 	compare(t, "out", c.tolerance, runAttention(t, b, c, 99), runAttention(t, ref(), c, 99))
 }
 
+// TestOpAttentionDecodeTableTail: the decode kernel reads a partition's block-table entries
+// before it knows the sequence's context (bounded by the table row's length only), so the
+// entries past the context are read and must be neither used nor checked. With garbage there
+// (−1, past the cache, 1<<30) the output is bit for bit the one with valid entries and no error
+// is raised; a bad entry inside the context is still reported. On the H100's split (132 SMs:
+// partitions of 32, so that the last partition of each sequence spans pages past its context,
+// single pass and merged), on the emulation and on the GPU.
+func TestOpAttentionDecodeTableTail(t *testing.T) {
+	c := attnCase{name: "table_tail", heads: 16, kv: 8, hd: 128, bs: 16, seqs: [][2]int{{1, 449}, {1, 37}, {1, 16}},
+		tolerance: "Attention/decode", spareBlocks: 2, padCols: 3}
+	run := func(t *testing.T, b *Backend) {
+		part, _ := decodePartition(c.kv, len(c.seqs), 449, 132)
+		require.Equal(t, 32, part, "the split this test is about")
+		e, out, q, a := attentionInputs(t, b, c, 11)
+		require.NoError(t, b.Attention(out, q, a))
+		want := e.read(out)
+		compare(t, "out", c.tolerance, want, runAttention(t, ref(), c, 11))
+
+		mb := a.BlockTables.Shape()[1]
+		tables := make([]int32, len(c.seqs)*mb)
+		require.NoError(t, b.Read(a.BlockTables, tables))
+		valid := append([]int32(nil), tables...)
+		junk := []int32{-1, int32(a.Layout.NumBlocks + 100), 1 << 30}
+		n := 0
+		for i, sq := range c.seqs {
+			for j := (sq[1] + c.bs - 1) / c.bs; j < mb; j++ {
+				tables[i*mb+j] = junk[n%len(junk)]
+				n++
+			}
+		}
+		require.Equal(t, 3+(mb-3)+(mb-1), n)
+		require.NoError(t, b.Write(a.BlockTables, tables))
+		require.NoError(t, b.Attention(out, q, a))
+		got := e.read(out) // fails on a raised device check
+		for i := range want {
+			require.Equal(t, math.Float32bits(want[i]), math.Float32bits(got[i]), "element %d", i)
+		}
+
+		valid[mb+1] = int32(a.Layout.NumBlocks) // sequence 1's second page (tokens 16..31 of 37)
+		require.NoError(t, b.Write(a.BlockTables, valid))
+		require.NoError(t, b.Attention(out, q, a))
+		err := b.Sync()
+		require.ErrorIs(t, err, ErrDeviceCheck)
+		require.ErrorContains(t, err, "a block table entry is outside the cache")
+	}
+	t.Run("sim", func(t *testing.T) { run(t, simBackendSMs(t, 132)) })
+	t.Run("gpu", func(t *testing.T) { run(t, gpuBackend(t)) })
+}
+
 // runAttention runs Attention on attentionInputs and returns its output.
 func runAttention(t *testing.T, bk ml.Backend, c attnCase, seed uint64) []float32 {
 	e, out, q, a := attentionInputs(t, bk, c, seed)
