@@ -55,20 +55,6 @@
 
 __device__ __forceinline__ unsigned qvl_ld32(const qvl_bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
 
-// cp.async (sm_80) of 16 bytes, global → shared, its group commit and the wait for every group:
-// the single-pass decode's values. Emulated by qvl_sim.h (embed.cu's sm_80 primitives).
-#if !defined(QVL_SIM)
-__device__ __forceinline__ void attn_cp_async16(void* dst, const void* src) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src) : "memory");
-}
-__device__ __forceinline__ void attn_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void attn_cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-#else
-__device__ __forceinline__ void attn_cp_async16(void* dst, const void* src) { qvlsim::cp_async16(dst, src, 16); }
-__device__ __forceinline__ void attn_cp_commit() { qvlsim::cp_async_commit(); }
-__device__ __forceinline__ void attn_cp_wait_all() { qvlsim::cp_async_wait(0); }
-#endif
 
 template <int HD, int GMAX>
 __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* __restrict__ out_bf16,
@@ -176,10 +162,10 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
             kv[u] = make_uint4(0u, 0u, 0u, 0u);
             if (at[u] >= 0) {
                 kv[u] = *reinterpret_cast<const uint4*>(kc + at[u] + c * 8);
-                if (vals) attn_cp_async16(&vsm[(w * DU + u) * 32 + lane], vc + at[u] + c * 8);
+                if (vals) qvl_cp_async16(&vsm[(w * DU + u) * 32 + lane], vc + at[u] + c * 8, 16);
             }
         }
-        if (vals) attn_cp_commit();
+        if (vals) qvl_cp_commit();
     };
     // The first warp step's keys go out before q is in shared memory, and its values with them
     // when the partition fits one step of the block (single pass: batch 1's partitions of ≤
@@ -354,7 +340,7 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
         }
     };
     if (one) {  // block-uniform
-        attn_cp_wait_all();
+        qvl_cp_wait<0>();
         if (base0 < t1) pv(base0, true);  // warp-uniform
     } else {
         for (int base = base0; base < t1; base += STEP) pv(base, false);
@@ -433,9 +419,9 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     ml0(w, m0, l0);
     for (int i = tid; i < npf * q4; i += QVL_DECODE_THREADS) {
         const int pp = i / q4, e = 4 * (i - pp * q4), gi = e / HD, d = e % HD;
-        attn_cp_async16(pos + pp * g * HD + e, pout + (((long long)row * heads + kvh * g + gi) * nparts + pp) * HD + d);
+        qvl_cp_async16(pos + pp * g * HD + e, pout + (((long long)row * heads + kvh * g + gi) * nparts + pp) * HD + d, 16);
     }
-    attn_cp_commit();
+    qvl_cp_commit();
     // The merge reads every partition's (m, l) and output in parallel: warp w takes heads
     // w, w+NW, ...; its lanes read the partitions' (m, l) side by side, reduce M and the weight
     // sum with shuffles and leave each partition's weight e^{m_p−M}·l_p / Σ in lg (free now;
@@ -460,7 +446,7 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
         wsum = qvl_warp_sum(wsum);
         if (lane == 0) mst[1][gi] = wsum;
     }
-    attn_cp_wait_all();
+    qvl_cp_wait<0>();
     __syncthreads();  // lg, mst, pos
     for (int i = tid; i < g * HD; i += QVL_DECODE_THREADS) {
         const int gi = i / HD, d = i % HD;

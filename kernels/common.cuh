@@ -69,6 +69,43 @@ __device__ __forceinline__ unsigned long long qvl_globaltimer_ns() {
 
 typedef unsigned short qvl_bf16;  // raw bfloat16 bits
 
+// ── sm_80 primitives: cp.async (16 bytes, global → shared, zero-filled past src_bytes), its
+// groups, ldmatrix.x4. Emulated by qvl_sim.h's block "sm_80 primitives" (which checks that
+// every copy's group is waited for before its data is read).
+#if !defined(QVL_SIM)
+__device__ __forceinline__ void qvl_cp_async16(void* dst, const void* src, int src_bytes) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void qvl_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// qvl_cp_wait<N> lands every group of this thread but the newest N.
+template <int N>
+__device__ __forceinline__ void qvl_cp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// qvl_ldmatrix_x4: lanes 8j .. 8j+7 give the row addresses of matrix j; r[j] is this lane's part.
+__device__ __forceinline__ void qvl_ldmatrix_x4(unsigned (&r)[4], const qvl_bf16* row_addr) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(row_addr);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s)
+                 : "memory");
+}
+#else
+__device__ __forceinline__ void qvl_cp_async16(void* dst, const void* src, int src_bytes) {
+    qvlsim::cp_async16(dst, src, src_bytes);
+}
+__device__ __forceinline__ void qvl_cp_commit() { qvlsim::cp_async_commit(); }
+template <int N>
+__device__ __forceinline__ void qvl_cp_wait() {
+    qvlsim::cp_async_wait(N);
+}
+__device__ __forceinline__ void qvl_ldmatrix_x4(unsigned (&r)[4], const qvl_bf16* row_addr) {
+    qvlsim::ldmatrix_x4(r, row_addr);
+}
+#endif
+
+
 // Device-side error codes. Kernels never read or write out of bounds on bad indices: they skip
 // the element and raise a flag instead, err[code] = 1 (a plain store: the flag words live in
 // mapped page-locked host memory, which the host reads after a stream synchronisation; the Go

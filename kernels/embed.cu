@@ -79,38 +79,6 @@ struct EmbedPipe {
 #define QVL_EMBED_SMEM (EmbedPipe<32>::SMEM)       // 81,920 B (runtime/cuda/kernels.go: embedSmem)
 #define QVL_EMBED_BK64_SMEM (EmbedPipe<64>::SMEM)  // 110,592 B (runtime/cuda/kernels.go: embedSmemBK64)
 
-// ── sm_80 primitives: cp.async (16 B, zero-fill), its groups, ldmatrix.x4 ────────────────────
-// Emulated by qvl_sim.h's block "embed.cu's sm_80 primitives".
-#if !defined(QVL_SIM)
-__device__ __forceinline__ void embed_cp_async16(void* dst, const void* src, int src_bytes) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void embed_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void embed_cp_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ void embed_ldmatrix_x4(unsigned (&r)[4], const qvl_bf16* row_addr) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(row_addr);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s)
-                 : "memory");
-}
-#else
-__device__ __forceinline__ void embed_cp_async16(void* dst, const void* src, int src_bytes) {
-    qvlsim::cp_async16(dst, src, src_bytes);
-}
-__device__ __forceinline__ void embed_cp_commit() { qvlsim::cp_async_commit(); }
-template <int N>
-__device__ __forceinline__ void embed_cp_wait() {
-    qvlsim::cp_async_wait(N);
-}
-__device__ __forceinline__ void embed_ldmatrix_x4(unsigned (&r)[4], const qvl_bf16* row_addr) {
-    qvlsim::ldmatrix_x4(r, row_addr);
-}
-#endif
 
 // embed_load_stage stages rows [r0, r0 + R) × columns [k0, k0 + P::BK) of the bf16 matrix X
 // [rows × Kd] (row-major) into dst (R rows of P::LD), zero past the matrix. vec (Kd % 8 == 0, X
@@ -129,7 +97,7 @@ __device__ __forceinline__ void embed_load_stage(qvl_bf16* dst, const qvl_bf16* 
         const bool in = row < rows && k < Kd;
         qvl_bf16* d = dst + r * P::LD + kc;
         if (vec) {
-            embed_cp_async16(d, in ? X + (long long)row * Kd + k : X, in ? 16 : 0);
+            qvl_cp_async16(d, in ? X + (long long)row * Kd + k : X, in ? 16 : 0);
         } else {
             qvl_bf16 e[8];
 #pragma unroll
@@ -165,14 +133,14 @@ __device__ __forceinline__ void embed_gemm_tile(float (&acc)[MI][4][4], qvl_bf16
             embed_load_stage<P, BM>(sm + s * STAGE, A, M, Kd, m0, s * BK, vec);
             embed_load_stage<P, EBN>(sm + s * STAGE + 128 * LD, W, N, Kd, n0, s * BK, vec);
         }
-        embed_cp_commit();
+        qvl_cp_commit();
     }
     // Lane addresses of ldmatrix: A rows lane%16 at k half lane/16; W rows (lane/16)·8 + lane%8
     // at k half (lane/8)%2 (matrices: n-fragment 2p k-lo, 2p k-hi, 2p+1 k-lo, 2p+1 k-hi).
     const int a_off = (wm * 16 * MI + (lane & 15)) * LD + (lane >> 4) * 8;
     const int b_off = 128 * LD + (wn * 32 + (lane >> 4) * 8 + (lane & 7)) * LD + ((lane >> 3) & 1) * 8;
     for (int kt = 0; kt < KT; kt++) {
-        embed_cp_wait<STAGES - 2>();  // this thread's copies of slice kt have landed
+        qvl_cp_wait<STAGES - 2>();  // this thread's copies of slice kt have landed
         __syncthreads();              // everyone's have, and everyone is done with slice kt-1's stage
         {
             const int pf = kt + STAGES - 1;  // refill the stage that slice kt-1 used
@@ -181,18 +149,18 @@ __device__ __forceinline__ void embed_gemm_tile(float (&acc)[MI][4][4], qvl_bf16
                 embed_load_stage<P, BM>(st, A, M, Kd, m0, pf * BK, vec);
                 embed_load_stage<P, EBN>(st + 128 * LD, W, N, Kd, n0, pf * BK, vec);
             }
-            embed_cp_commit();
+            qvl_cp_commit();
         }
         const qvl_bf16* st = sm + (kt % STAGES) * STAGE;
 #pragma unroll
         for (int ks = 0; ks < BK / 16; ks++) {
             unsigned a[MI][4], b[4][2];
 #pragma unroll
-            for (int mi = 0; mi < MI; mi++) embed_ldmatrix_x4(a[mi], st + a_off + mi * 16 * LD + ks * 16);
+            for (int mi = 0; mi < MI; mi++) qvl_ldmatrix_x4(a[mi], st + a_off + mi * 16 * LD + ks * 16);
 #pragma unroll
             for (int p = 0; p < 2; p++) {
                 unsigned r[4];
-                embed_ldmatrix_x4(r, st + b_off + p * 16 * LD + ks * 16);
+                qvl_ldmatrix_x4(r, st + b_off + p * 16 * LD + ks * 16);
                 b[2 * p][0] = r[0], b[2 * p][1] = r[1], b[2 * p + 1][0] = r[2], b[2 * p + 1][1] = r[3];
             }
 #pragma unroll
@@ -201,7 +169,7 @@ __device__ __forceinline__ void embed_gemm_tile(float (&acc)[MI][4][4], qvl_bf16
                 for (int ni = 0; ni < 4; ni++) qvl_mma_bf16(acc[mi][ni], a[mi], b[ni]);
         }
     }
-    embed_cp_wait<0>();
+    qvl_cp_wait<0>();
     __syncthreads();
 }
 

@@ -79,7 +79,7 @@ inline T from_bits(uint64_t b) {
 
 void check_mask(unsigned mask);
 
-// ── embed.cu's sm_80 primitives (cp.async groups, ldmatrix) ─────────────────────────────────
+// ── sm_80 primitives of common.cuh (cp.async groups, ldmatrix) ──────────────────────────────
 // cp_async16 is cp.async.cg.shared.global of 16 bytes with src_bytes of them read (the rest
 // zero-filled; 0 reads nothing). Both addresses must be 16-byte aligned, as on the GPU. The
 // source is read at issue; the shared-memory write lands, chosen per copy by a fixed hash of
