@@ -6,7 +6,7 @@ KERNELS := $(wildcard kernels/*.cu)
 PTX := $(KERNELS:.cu=.ptx)
 PDL_PTX := $(patsubst kernels/%.cu,kernels/pdl/%.ptx,$(KERNELS))
 
-.PHONY: help build test vet run bench kernels check-kernels gpu-binaries gpu-check perf-page perf clean
+.PHONY: help build test vet run bench kernels check-kernels kernel-resources gpu-binaries gpu-check perf-page perf clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -39,6 +39,9 @@ kernels/pdl/%.ptx: kernels/%.cu kernels/*.cuh
 check-kernels: ## rebuild the PTX and fail if it differs from the committed PTX
 	$(MAKE) -B kernels && git diff --exit-code -- kernels/*.ptx kernels/pdl/*.ptx && \
 		test -z "$$(git status --porcelain --untracked-files=all -- kernels/pdl)"
+
+kernel-resources: ## registers, shared memory, stack and spills of every kernel (ptxas -arch=sm_90), as a markdown table
+	scripts/kernel-resources.sh
 
 gpu-binaries: ## build build/gpu/ (qvl and GPU test binaries, stripped to travel light) for scripts/gpu-check.sh
 	mkdir -p build/gpu
