@@ -325,7 +325,7 @@ __device__ __forceinline__ void embed_run(float* __restrict__ out, int N, int H,
         for (long long i = gtid; i < total; i += gstride) {
             const int r = (int)(i / H), c = (int)(i - (long long)r * H);
             const int d = cus_idx[r];
-            if (__ldcg(&srcmap[d]) != 1 + Nv + r) continue;
+            if (d < 0 || d >= N || __ldcg(&srcmap[d]) != 1 + Nv + r) continue;  // phase B raised a bad d
             const int src = cus_src[r], e = src / K, kk = src - e * K;
             out[(long long)d * H + c] = Y[(long long)e * KH + kk * H + c] + qvl_load_weight(b2, b2_bf16, kk * H + c);
         }

@@ -193,3 +193,37 @@ func TestEmbedBKFromEnv(t *testing.T) {
 		})
 	}
 }
+
+// TestEmbedBadCustomRows: custom_idx and custom_src entries out of range are reported as
+// ErrDeviceCheck on every path (the GEMM path's row copy skips them before indexing with them),
+// and the backend keeps working.
+func TestEmbedBadCustomRows(t *testing.T) {
+	b := simBackend(t)
+	c, seed := embedCaseNamed(t, "custom_deep_k")
+	for _, v := range embedVariants {
+		t.Run(v.name, func(t *testing.T) {
+			withEmbedVariant(t, b, v)
+			for _, bad := range []struct {
+				idx, src int32
+				want     string
+			}{
+				{-1, 0, "custom_idx entry is outside the step's rows"},
+				{int32(c.n) + 5, 0, "custom_idx entry is outside the step's rows"},
+				{0, int32(c.ne * c.k), "custom_src entry is outside"},
+				{1, -3, "custom_src entry is outside"},
+			} {
+				e, out, a := embedInputs(t, b, c, seed)
+				idx, src := append([]int32(nil), c.cusIdx...), append([]int32(nil), c.cusSrc...)
+				idx[3], src[3] = bad.idx, bad.src
+				require.NoError(t, b.Write(a.CustomIdx, idx))
+				require.NoError(t, b.Write(a.CustomSrc, src))
+				require.NoError(t, b.EmbedProject(out, a))
+				err := b.Sync()
+				require.ErrorIs(t, err, ErrDeviceCheck)
+				assert.ErrorContains(t, err, bad.want)
+				require.NoError(t, b.Sync(), "the flag is cleared once reported")
+				e.read(out)
+			}
+		})
+	}
+}
