@@ -229,6 +229,31 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 			if batch == 1 && graphs {
 				graphTPOT = el / time.Duration(decodeSteps)
 			}
+			if graphs {
+				// The same steps again with the profiler on: the GPU's busy time per step (the
+				// graph, the sampler and anything outside the graph) against the wall TPOT above;
+				// the rest is the host's share of the step (uploads, scheduling, the token read)
+				// while the GPU idles: what asynchronous scheduling would hide.
+				b.ResetProfile()
+				b.SetProfiling(true)
+				for s := 0; s < decodeSteps; s++ {
+					_, err := m.ForwardSample(textBatch(r, all[:batch], 1, bs), greedy(batch))
+					require.NoError(t, err)
+				}
+				b.SetProfiling(false)
+				var busy time.Duration
+				var parts []string
+				for _, o := range b.Profile() {
+					busy += o.Total
+					parts = append(parts, fmt.Sprintf("%s %.1f", o.Name, float64(o.Total.Nanoseconds())/1e3/float64(decodeSteps)))
+				}
+				busy /= time.Duration(decodeSteps)
+				wall := el / time.Duration(decodeSteps)
+				rep.add(fmt.Sprintf("  decode batch %d (graphs): GPU busy per step", batch), float64(busy.Nanoseconds())/1e6, "ms", "",
+					"µs per step: "+strings.Join(parts, ", "))
+				rep.add(fmt.Sprintf("  decode batch %d (graphs): wall − GPU busy per step (host)", batch), float64((wall-busy).Nanoseconds())/1e3, "µs", "",
+					fmt.Sprintf("%.1f%% of the step the GPU waits for the host", 100*float64(wall-busy)/float64(wall)))
+			}
 			if batch == 1 && !graphs {
 				eagerTPOT = el / time.Duration(decodeSteps)
 				kernelTPOT, stepLaunches = profileDecode(t, b, m, r, all[:1], bs)

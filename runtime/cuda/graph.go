@@ -88,7 +88,13 @@ func (b *Backend) Replay(key uint64) error {
 	}
 	// What the graph wrote is not tracked: no copy is trusted after it.
 	b.staleAll()
-	return b.dev.do(func() error { return b.dev.launchGraph(g) })
+	return b.dev.do(func() error {
+		if b.prof.on {
+			// The profile's "graph replay": the GPU time of the whole graph.
+			return b.prof.time(b.dev, "graph replay", func() error { return b.dev.launchGraph(g) })
+		}
+		return b.dev.launchGraph(g)
+	})
 }
 
 // HasGraph implements ml.Grapher.
