@@ -515,7 +515,9 @@ func embedShapes(t *testing.T, b *Backend, rep *benchReport, h int, sz benchSize
 	require.NoError(t, b.MatMul(mid, custom, p.FC1))
 	require.NoError(t, b.MatMul(y, mid, p.FC2))
 	reps := sz.reps
-	measure := func(fn func() error, name string) time.Duration {
+	// profile runs fn reps times behind a held stream and returns the profile of its kernels;
+	// measure, the time per call of the one named name.
+	profile := func(fn func() error) []ml.OpTime {
 		b.ResetProfile()
 		require.NoError(t, b.Hold(10*time.Millisecond))
 		b.SetProfiling(true)
@@ -524,8 +526,9 @@ func embedShapes(t *testing.T, b *Backend, rep *benchReport, h int, sz benchSize
 		}
 		prof := b.Profile()
 		b.SetProfiling(false)
-		return kernelTime(prof, name)
+		return prof
 	}
+	measure := func(fn func() error, name string) time.Duration { return kernelTime(profile(fn), name) }
 	embed := func() error { return b.EmbedProject(out, a) }
 	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 
@@ -599,17 +602,9 @@ func embedShapes(t *testing.T, b *Backend, rep *benchReport, h int, sz benchSize
 	b.embedBK64, b.embedPath = false, embedGEMMs
 	require.NoError(t, embed()) // warm-up (cuBLASLt plans)
 	gemmOut := e.read(out)
-	b.ResetProfile()
-	require.NoError(t, b.Hold(10*time.Millisecond))
-	b.SetProfiling(true)
-	for i := 0; i < reps; i++ {
-		require.NoError(t, embed())
-	}
-	prof := b.Profile()
-	b.SetProfiling(false)
 	var total time.Duration
 	var parts []string
-	for _, o := range prof {
+	for _, o := range profile(embed) {
 		total += o.Total
 		parts = append(parts, fmt.Sprintf("%s %.1f", o.Name, us(o.Total)/float64(reps)))
 	}
