@@ -31,6 +31,10 @@
 //       ≤ NW·TPW·DU tokens: 64 at hd 128) — its values (cp.async into shared memory, no
 //       registers held) together; the merging block copies the partial outputs into shared
 //       memory while it reads the (m, l). Same arithmetic in the same order as the plain loops.
+//   qvl_attn_decode_pipe_hd128_g{1,2,4,8}  the same with pipelined loops (attn_decode's PIPE; the
+//       backend launches them when QVL_CUDA_ATTN_PIPE=1): each warp step's keys or values are
+//       copied into shared memory by cp.async while the warp computes the step before, and the
+//       values' first steps are in flight through the softmax. Bit for bit the plain kernel.
 //   qvl_attn_prefill_hd{32,64,128}  sequences with qlen ≥ 2 (FlashAttention-2 on mma.sync
 //       m16n8k16 bf16 → f32). Grid (⌈max qlen/64⌉, heads, sequences), block 128 (4 warps × 16
 //       query rows), dynamic shared memory (64 + 2·64)·(hd+8)·2 bytes (Q, K, V tiles; 52 KiB at
@@ -56,7 +60,16 @@
 __device__ __forceinline__ unsigned qvl_ld32(const qvl_bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
 
 
-template <int HD, int GMAX>
+// PIPE selects the pipelined loops (qvl_attn_decode_pipe_hd128_g*, opt-in: QVL_CUDA_ATTN_PIPE=1).
+// A warp's keys and values are one sequence of 2·nst steps; every step goes global → shared
+// memory by cp.async into one of two stages of the block's vsm (step k into stage k & 1; each
+// lane reads back only the 16-byte chunks it copied, so no barrier guards them). The first two
+// steps are issued before q is in shared memory; step k+2 is issued as soon as step k has been
+// read back and consumed, so step k+1 is in flight while the warp computes step k, and the
+// values' first two steps are in flight through the softmax. A single-pass partition issues its
+// keys and values together, as the plain kernel does. The score and value loops are the plain
+// kernel's arithmetic in the same order, bit for bit.
+template <int HD, int GMAX, bool PIPE>
 __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* __restrict__ out_bf16,
                                             const float* __restrict__ q, const qvl_bf16* __restrict__ kc,
                                             const qvl_bf16* __restrict__ vc, const int* __restrict__ seq_start,
@@ -79,10 +92,17 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     __shared__ float lg[GMAX][QVL_DECODE_MAX_PART];
     __shared__ float red[NW][GMAX];
     __shared__ float stat[2][GMAX];
-    __shared__ __align__(16) float accs[NW][GMAX][HD];
+    __shared__ __align__(16) float accs_[NW][GMAX][HD];  // each warp's partial outputs (not PIPE)
     __shared__ float mst[2][GMAX];  // merge: [1] = Σ_p weights
-    __shared__ uint4 vsm[NW * DU * 32];  // single pass: the values, lane l's u-th at (w·DU + u)·32 + l
+    // vsm holds one warp step of the block (SLOTS chunks: lane l's u-th at (w·DU + u)·32 + l):
+    // single pass, the values; PIPE, two such stages, step k's in stage k & 1. PIPE keeps accs
+    // in the stages, which are free by then (a barrier first), and never references accs_.
+    constexpr int SLOTS = NW * DU * 32;
+    __shared__ uint4 vsm[(PIPE ? 2 : 1) * SLOTS];
     __shared__ int is_last;
+    static_assert(!PIPE || sizeof(accs_) <= sizeof(vsm), "accs fits the stages");
+    float(*accs)[GMAX][HD] = accs_;
+    if constexpr (PIPE) accs = reinterpret_cast<float(*)[GMAX][HD]>(vsm);
 
     const int kvh = blockIdx.x, s = blockIdx.y, p = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
@@ -171,7 +191,38 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     // when the partition fits one step of the block (single pass: batch 1's partitions of ≤
     // STEP tokens), rather than after the softmax.
     const bool one = t1 - t0 <= STEP;  // block-uniform
-    keys(base0, one);
+    // PIPE: this warp's steps of each pass (nst, warp-uniform) are steps k = 0 .. nst−1 (keys)
+    // and nst .. 2·nst−1 (values) of one sequence; issue(k) copies step k's chunks into stage
+    // k & 1 and commits them as one group (an empty group past the last step, so that
+    // qvl_cp_wait<1> always lands step k when step k+1's group is the newest). It returns the
+    // mask of the chunks it copied (bit u: at[u] ≥ 0); mk and mk1 are steps k's and k+1's.
+    const int nst = base0 < t1 ? (t1 - base0 + STEP - 1) / STEP : 0;
+    auto issue = [&](int k) -> unsigned {
+        unsigned m = 0;
+        if (k < 2 * nst) {
+            const bool val = k >= nst;
+            long long at[DU];
+            addrs(base0 + (val ? k - nst : k) * STEP, at);
+            const qvl_bf16* src = val ? vc : kc;
+            uint4* dst = vsm + (k & 1) * SLOTS + w * DU * 32 + lane;
+#pragma unroll
+            for (int u = 0; u < DU; u++) {
+                if (at[u] >= 0) {
+                    qvl_cp_async16(dst + u * 32, src + at[u] + c * 8, 16);
+                    m |= 1u << u;
+                }
+            }
+        }
+        qvl_cp_commit();
+        return m;
+    };
+    unsigned mk = 0, mk1 = 0;
+    if constexpr (PIPE) {
+        mk = issue(0);
+        mk1 = issue(1);  // single pass: the values
+    } else {
+        keys(base0, one);
+    }
 #pragma unroll
     for (int k = 0; k < QI; k++) {
         const int i = tid + k * QVL_DECODE_THREADS, gi = i / HD, d = i % HD;
@@ -253,12 +304,32 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
             }
         }
     };
-    // The first step is peeled (its keys are in kv already), so that no key registers stay live
-    // around the loop.
-    if (base0 < t1) score(base0);  // warp-uniform
-    for (int base = base0 + STEP; base < t1; base += STEP) {
-        keys(base, false);
-        score(base);
+    if constexpr (PIPE) {
+        // Step k's keys are read back from its stage, and step k+2's chunks go into that stage
+        // once they are consumed: step k+1 stays in flight while the warp computes.
+        for (int k = 0; k < nst; k++) {
+            qvl_cp_wait<1>();
+            // Every chunk is read and those not copied are zeroed after: loads under a branch
+            // each took ptxas from 84 to 123 registers at hd 128, g 2.
+            const uint4* sk = vsm + (k & 1) * SLOTS + w * DU * 32 + lane;
+#pragma unroll
+            for (int u = 0; u < DU; u++) {
+                const uint4 x = sk[u * 32];
+                const bool on = (mk >> u) & 1u;
+                kv[u] = make_uint4(on ? x.x : 0u, on ? x.y : 0u, on ? x.z : 0u, on ? x.w : 0u);
+            }
+            score(base0 + k * STEP);
+            mk = mk1;
+            mk1 = issue(k + 2);
+        }
+    } else {
+        // The first step is peeled (its keys are in kv already), so that no key registers stay
+        // live around the loop.
+        if (base0 < t1) score(base0);  // warp-uniform
+        for (int base = base0 + STEP; base < t1; base += STEP) {
+            keys(base, false);
+            score(base);
+        }
     }
     float mx[GMAX];
 #pragma unroll
@@ -339,7 +410,29 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
             }
         }
     };
-    if (one) {  // block-uniform
+    if constexpr (PIPE) {
+        for (int k = nst; k < 2 * nst; k++) {
+            qvl_cp_wait<1>();
+            const int base = base0 + (k - nst) * STEP;
+            const uint4* sv = vsm + (k & 1) * SLOTS + w * DU * 32 + lane;
+#pragma unroll
+            for (int u = 0; u < DU; u++) {
+                if ((mk >> u) & 1u) {
+                    const int t = base + u * TPW + sub;
+                    float vf[8];
+                    qvl_unpack8(sv[u * 32], vf);
+#pragma unroll
+                    for (int gi = 0; gi < GMAX; gi++) {
+                        const float pr = lg[gi][t - t0];
+#pragma unroll
+                        for (int j = 0; j < 8; j++) acc[gi][j] += pr * vf[j];
+                    }
+                }
+            }
+            mk = mk1;
+            mk1 = issue(k + 2);
+        }
+    } else if (one) {  // block-uniform
         qvl_cp_wait<0>();
         if (base0 < t1) pv(base0, true);  // warp-uniform
     } else {
@@ -351,6 +444,7 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
         for (int j = 0; j < 8; j++)
 #pragma unroll
             for (int o = 16; o >= TPG; o >>= 1) acc[gi][j] += __shfl_xor_sync(QVL_FULL_MASK, acc[gi][j], o);
+    if constexpr (PIPE) __syncthreads();  // every warp is done with the stages that accs reuses
     if (lane < TPG) {
 #pragma unroll
         for (int gi = 0; gi < GMAX; gi++)
@@ -470,20 +564,23 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
         int bs, int num_blocks, float scale, int part, int nparts, float *pout, float *pml, unsigned *cnt,          \
         unsigned *err
 
-// QVL_DECODE_BOUNDS(HD, G, bounds...) defines qvl_attn_decode_hd<HD>_g<G> with
+// QVL_DECODE_BOUNDS(NAME, HD, G, PIPE, bounds...) defines NAME, attn_decode<HD, G, PIPE>, with
 // __launch_bounds__(bounds...).
-#define QVL_DECODE_BOUNDS(HD, G, ...)                                                                               \
-    extern "C" __global__ void __launch_bounds__(__VA_ARGS__) qvl_attn_decode_hd##HD##_g##G(QVL_DECODE_ARGS) {      \
+#define QVL_DECODE_BOUNDS(NAME, HD, G, PIPE, ...)                                                                  \
+    extern "C" __global__ void __launch_bounds__(__VA_ARGS__) NAME(QVL_DECODE_ARGS) {                               \
         QVL_PDL_ENTER();                                                                                            \
-        attn_decode<HD, G>(out, out_bf16, q, kc, vc, seq_start, ctx_len, tables, max_blocks, heads, kv_heads, bs,     \
-                           num_blocks, scale, part, nparts, pout, pml, cnt, err);                                      \
+        attn_decode<HD, G, PIPE>(out, out_bf16, q, kc, vc, seq_start, ctx_len, tables, max_blocks, heads, kv_heads, \
+                                 bs, num_blocks, scale, part, nparts, pout, pml, cnt, err);                         \
     }                                                                                                               \
-    QVL_REGISTER(qvl_attn_decode_hd##HD##_g##G)
-#define QVL_DECODE(HD, G) QVL_DECODE_BOUNDS(HD, G, QVL_DECODE_THREADS)
+    QVL_REGISTER(NAME)
+#define QVL_DECODE(HD, G) QVL_DECODE_BOUNDS(qvl_attn_decode_hd##HD##_g##G, HD, G, false, QVL_DECODE_THREADS)
 // Groups of 8 ask for 4 blocks an SM (≤ 128 registers): left to itself ptxas 11.8 gives
 // hd128_g8 168 (3 blocks). The others keep ptxas's own choice (asking for 1 block or for 4
 // makes it take ~125 registers where it now takes 72–80).
-#define QVL_DECODE_G8(HD) QVL_DECODE_BOUNDS(HD, 8, QVL_DECODE_THREADS, 4)
+#define QVL_DECODE_G8(HD) QVL_DECODE_BOUNDS(qvl_attn_decode_hd##HD##_g8, HD, 8, false, QVL_DECODE_THREADS, 4)
+// The pipelined variant, qvl_attn_decode_pipe_hd<HD>_g<G> (the Qwen3-VL shapes only: hd 128,
+// groups 1 to 8); the bounds as above.
+#define QVL_DECODE_PIPE(HD, G, ...) QVL_DECODE_BOUNDS(qvl_attn_decode_pipe_hd##HD##_g##G, HD, G, true, __VA_ARGS__)
 
 QVL_DECODE(32, 1)
 QVL_DECODE(32, 2)
@@ -500,6 +597,10 @@ QVL_DECODE_G8(128)
 QVL_DECODE(256, 1)
 QVL_DECODE(256, 2)
 QVL_DECODE(256, 4)
+QVL_DECODE_PIPE(128, 1, QVL_DECODE_THREADS)
+QVL_DECODE_PIPE(128, 2, QVL_DECODE_THREADS)
+QVL_DECODE_PIPE(128, 4, QVL_DECODE_THREADS)
+QVL_DECODE_PIPE(128, 8, QVL_DECODE_THREADS, 4)
 
 template <int HD>
 __device__ __forceinline__ void attn_prefill(float* __restrict__ out, qvl_bf16* __restrict__ out_bf16,

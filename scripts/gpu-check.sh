@@ -18,8 +18,9 @@
 # mixed requests teacher-forced for 32 steps on the 2B against the CPU backend (last: its CPU
 # reference is the slowest step, and the deadline should cut that rather than the benchmark);
 # then the goldens, the benchmark and the 2B run again with the opt-in paths that no GPU has
-# measured yet turned on (QVL_CUDA_FUSE=1 QVL_CUDA_SAMPLE_SPLIT=1 QVL_CUBLASLT_TUNE=1), and the
-# goldens and the benchmark with programmatic dependent launch added (QVL_CUDA_PDL=1).
+# measured yet turned on (QVL_CUDA_FUSE=1 QVL_CUDA_SAMPLE_SPLIT=1 QVL_CUBLASLT_TUNE=1
+# QVL_CUDA_ATTN_PIPE=1), and the goldens and the benchmark with programmatic dependent launch
+# added (QVL_CUDA_PDL=1).
 # Each step has a time limit and the whole run a deadline ($QVL_GPU_CHECK_BUDGET seconds,
 # default 470, so that it ends within 8 minutes); a step that fails or times out does not stop
 # the others. With QVL_GPU_NCU=1, Nsight Compute reads the decode attention kernel's counters.
@@ -152,9 +153,9 @@ if have cuda.test bench; then
 	step bench 200 "$root/runtime/cuda" env QVL_BENCH=1 QVL_BENCH_OUT="$out/bench.json" QVL_SYNTH_2B="$synthdir" \
 		"$bin/cuda.test" -test.v -test.timeout 190s -test.run 'TestGPUBenchmark'
 	# The opt-in paths not yet measured on a GPU (fused decode kernels, split sampling rows,
-	# cuBLASLt tuning): the goldens, the 2B end to end and the benchmark again with them on.
-	# When these pass and beat the rows above, make them the default.
-	optin=(env QVL_CUDA_FUSE=1 QVL_CUDA_SAMPLE_SPLIT=1 QVL_CUBLASLT_TUNE=1)
+	# cuBLASLt tuning, pipelined decode attention): the goldens, the 2B end to end and the
+	# benchmark again with them on. When these pass and beat the rows above, make them the default.
+	optin=(env QVL_CUDA_FUSE=1 QVL_CUDA_SAMPLE_SPLIT=1 QVL_CUBLASLT_TUNE=1 QVL_CUDA_ATTN_PIPE=1)
 	step verify-optin 60 "$root" "${optin[@]}" "$bin/qvl" verify --backend cuda --goldens "$golden"
 	step bench-optin 200 "$root/runtime/cuda" "${optin[@]}" QVL_BENCH=1 QVL_BENCH_OUT="$out/bench-optin.json" \
 		QVL_SYNTH_2B="$synthdir" "$bin/cuda.test" -test.v -test.timeout 190s -test.run 'TestGPUBenchmark'

@@ -10,6 +10,7 @@ import (
 
 	"github.com/qvl-dev/qvl/loader/synth"
 	"github.com/qvl-dev/qvl/runtime/ml"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -126,41 +127,54 @@ func attentionInputs(t testing.TB, bk ml.Backend, c attnCase, seed uint64) (e *e
 
 // attentionShapes times decode attention of shape alone (one layer, context ctx, bf16 cache in
 // pages of bs) at batch 1 and batch seqs, with the backend's own partition and with each fixed
-// partition from 32 to 512 tokens, against the cache bytes at 3.0 TB/s.
+// partition from 32 to 512 tokens, against the cache bytes at 3.0 TB/s: first the plain decode
+// kernel, then, where the shape has one, the pipelined (QVL_CUDA_ATTN_PIPE=1's) in rows of its
+// own, whatever the environment says. The plain kernel's launches come first, in the order
+// scripts/gpu-check.sh's ncu steps count on (the pipelined sweep repeats it: the same
+// --launch-skip with -k regex:qvl_attn_decode_pipe reads the same case of that kernel).
 func attentionShapes(t *testing.T, b *Backend, rep *benchReport, heads, kv, hd, bs, ctx, seqs, reps int) {
-	for _, batch := range []int{1, seqs} {
-		c := attnCase{heads: heads, kv: kv, hd: hd, bs: bs}
-		for i := 0; i < batch; i++ {
-			c.seqs = append(c.seqs, [2]int{1, ctx})
+	defer func() { b.decodePart, b.attnPipe = 0, 0 }()
+	for _, pipe := range []int{-1, 1} {
+		if _, ok := decodePipeKernel(hd, heads/kv); pipe > 0 && !ok {
+			continue
 		}
-		_, out, q, a := attentionInputs(t, b, c, 7)
-		floor := float64(2*batch*ctx*kv*hd*2) / h100CopyBytesPerSec
-		for _, part := range []int{0, 32, 64, 128, 256, 512} {
-			b.decodePart = part
-			require.NoError(t, b.Attention(out, q, a)) // warm-up
-			b.ResetProfile()
-			require.NoError(t, b.Hold(5*time.Millisecond))
-			b.SetProfiling(true)
-			for i := 0; i < reps; i++ {
-				require.NoError(t, b.Attention(out, q, a))
+		b.attnPipe = pipe
+		for _, batch := range []int{1, seqs} {
+			c := attnCase{heads: heads, kv: kv, hd: hd, bs: bs}
+			for i := 0; i < batch; i++ {
+				c.seqs = append(c.seqs, [2]int{1, ctx})
 			}
-			prof := b.Profile()
-			b.SetProfiling(false)
-			var gt time.Duration
-			for _, o := range prof {
-				if strings.HasPrefix(o.Name, "qvl_attn_decode") {
-					gt = o.Total / time.Duration(o.Calls)
+			_, out, q, a := attentionInputs(t, b, c, 7)
+			floor := float64(2*batch*ctx*kv*hd*2) / h100CopyBytesPerSec
+			for _, part := range []int{0, 32, 64, 128, 256, 512} {
+				b.decodePart = part
+				require.NoError(t, b.Attention(out, q, a)) // warm-up
+				b.ResetProfile()
+				require.NoError(t, b.Hold(5*time.Millisecond))
+				b.SetProfiling(true)
+				for i := 0; i < reps; i++ {
+					require.NoError(t, b.Attention(out, q, a))
 				}
+				prof := b.Profile()
+				b.SetProfiling(false)
+				var gt time.Duration
+				for _, o := range prof {
+					if strings.HasPrefix(o.Name, "qvl_attn_decode") {
+						gt = o.Total / time.Duration(o.Calls)
+					}
+				}
+				label := fmt.Sprint(part)
+				if part == 0 {
+					p, _ := decodePartition(kv, batch, ctx, b.info.sms)
+					label = fmt.Sprintf("auto = %d", p)
+				}
+				if pipe > 0 {
+					label += ", pipelined"
+				}
+				rep.add(fmt.Sprintf("  attn decode %d × ctx %d, part %s", batch, ctx, label), float64(gt.Nanoseconds())/1e3, "µs", "",
+					fmt.Sprintf("%.1f µs for %.1f MB of cache: %.0f%% of 3.0 TB/s", floor*1e6, floor*h100CopyBytesPerSec/1e6, 100*floor/gt.Seconds()))
 			}
-			label := fmt.Sprint(part)
-			if part == 0 {
-				p, _ := decodePartition(kv, batch, ctx, b.info.sms)
-				label = fmt.Sprintf("auto = %d", p)
-			}
-			rep.add(fmt.Sprintf("  attn decode %d × ctx %d, part %s", batch, ctx, label), float64(gt.Nanoseconds())/1e3, "µs", "",
-				fmt.Sprintf("%.1f µs for %.1f MB of cache: %.0f%% of 3.0 TB/s", floor*1e6, floor*h100CopyBytesPerSec/1e6, 100*floor/gt.Seconds()))
 		}
-		b.decodePart = 0
 	}
 }
 
@@ -198,4 +212,149 @@ func TestOpAttentionDecodeShapes(t *testing.T) {
 			})
 		}
 	})
+}
+
+// TestDecodePipeKernelChoice: the pipelined decode instances follow the plain ones in the
+// kernel table, one per group size of head size 128, and Attention takes them when the backend's
+// attnPipe or, unset, QVL_CUDA_ATTN_PIPE=1 asks.
+func TestDecodePipeKernelChoice(t *testing.T) {
+	for _, c := range []struct {
+		hd, g int
+		ok    bool
+		name  string
+	}{{128, 1, true, "qvl_attn_decode_pipe_hd128_g1"}, {128, 2, true, "qvl_attn_decode_pipe_hd128_g2"},
+		{128, 3, true, "qvl_attn_decode_pipe_hd128_g4"}, {128, 8, true, "qvl_attn_decode_pipe_hd128_g8"},
+		{128, 9, false, ""}, {64, 2, false, ""}, {256, 1, false, ""}} {
+		id, ok := decodePipeKernel(c.hd, c.g)
+		require.Equal(t, c.ok, ok, "hd %d g %d", c.hd, c.g)
+		if ok {
+			assert.Equal(t, c.name, kernelTable[id].name)
+			assert.Equal(t, sigDecode, kernelTable[id].sig)
+		}
+	}
+	last, ok := decodeKernel(256, 4)
+	require.True(t, ok)
+	assert.Equal(t, kDecodePipeFirst, last+1, "the pipelined instances follow the plain ones")
+	assert.Len(t, kernelTable, int(kDecodePipeFirst)+len(decodeGroups))
+
+	was := attnPipeOn.Load()
+	t.Cleanup(func() { attnPipeOn.Store(was) })
+	b := &Backend{}
+	for _, c := range []struct {
+		env  bool
+		hook int
+		want bool
+	}{{false, 0, false}, {true, 0, true}, {false, 1, true}, {true, -1, false}, {true, 1, true}} {
+		attnPipeOn.Store(c.env)
+		b.attnPipe = c.hook
+		assert.Equal(t, c.want, b.decodePipe(), "QVL_CUDA_ATTN_PIPE=1 %v, attnPipe %d", c.env, c.hook)
+	}
+}
+
+// decodePipeCases add to attnCases' and decodeShapeCases' head-size-128 decode cases what the
+// pipelined loops turn on: every group instance (1, 2, 3 → 4, 8), contexts of many warp steps a
+// pass (a warp's count of steps odd and even, and 0 for some warps of a short partition), a
+// block size that is not a power of two, decode rows beside prefill rows in one launch, and a
+// batch of many sequences of assorted lengths.
+var decodePipeCases = []attnCase{
+	{name: "pipe_g1", heads: 2, kv: 2, hd: 128, bs: 16, seqs: [][2]int{{1, 700}, {1, 1}, {1, 65}}, tolerance: "Attention/decode", spareBlocks: 2, padCols: 2},
+	{name: "pipe_g3_bs6", heads: 6, kv: 2, hd: 128, bs: 6, seqs: [][2]int{{1, 513}, {1, 31}}, tolerance: "Attention/decode", spareBlocks: 1},
+	{name: "pipe_g8", heads: 8, kv: 1, hd: 128, bs: 16, seqs: [][2]int{{1, 1029}, {1, 32}, {1, 33}}, tolerance: "Attention/decode"},
+	{name: "pipe_mixed_prefill", heads: 4, kv: 2, hd: 128, bs: 16, seqs: [][2]int{{40, 90}, {1, 300}, {1, 3}}, tolerance: "Attention/mma", spareBlocks: 2},
+	{name: "pipe_batch12", heads: 4, kv: 2, hd: 128, bs: 16, seqs: [][2]int{{1, 512}, {1, 77}, {1, 129}, {1, 64}, {1, 65},
+		{1, 1}, {1, 200}, {1, 511}, {1, 16}, {1, 17}, {1, 300}, {1, 450}}, tolerance: "Attention/decode", padCols: 1},
+}
+
+// TestOpAttentionDecodePipe runs every decode case of head size 128 with the plain and with the
+// pipelined decode instances, at the backend's own partition and at partitions of 32, 64 and
+// 512 tokens (single pass, several warp steps a pass, split-K and its merge), on the emulation
+// with 4 SMs and with the H100's 132, and on the GPU: the pipelined output is bit for bit the
+// plain one, and within tolerance of the CPU reference; the profile names the instance that ran.
+func TestOpAttentionDecodePipe(t *testing.T) {
+	var cases []attnCase
+	for _, c := range append(append(append([]attnCase{}, attnCases...), decodeShapeCases...), decodePipeCases...) {
+		decode := false
+		for _, s := range c.seqs {
+			decode = decode || s[0] == 1
+		}
+		if _, ok := decodePipeKernel(c.hd, c.heads/c.kv); ok && decode {
+			cases = append(cases, c)
+		}
+	}
+	require.Len(t, cases, 1+2+len(decodePipeCases), "attnCases' one hd-128 decode case and decodeShapeCases' two")
+	run := func(t *testing.T, b *Backend) {
+		t.Cleanup(func() { b.decodePart, b.attnPipe = 0, 0 })
+		for i, c := range cases {
+			want := runAttention(t, ref(), c, uint64(300+i))
+			id, ok := decodePipeKernel(c.hd, c.heads/c.kv)
+			require.True(t, ok)
+			pipeName := kernelTable[id].name
+			for _, part := range []int{0, 32, 64, 512} {
+				t.Run(fmt.Sprintf("%s/part%d", c.name, part), func(t *testing.T) {
+					b.decodePart = part
+					b.attnPipe = -1
+					plain := runAttention(t, b, c, uint64(300+i))
+					b.attnPipe = 1
+					b.ResetProfile()
+					b.SetProfiling(true)
+					pipe := runAttention(t, b, c, uint64(300+i))
+					prof := b.Profile()
+					b.SetProfiling(false)
+					var ran []string
+					for _, o := range prof {
+						if strings.HasPrefix(o.Name, "qvl_attn_decode") {
+							ran = append(ran, o.Name)
+						}
+					}
+					require.Equal(t, []string{pipeName}, ran)
+					compare(t, "out", c.tolerance, pipe, want)
+					require.Len(t, pipe, len(plain))
+					for j := range plain {
+						require.Equal(t, math.Float32bits(plain[j]), math.Float32bits(pipe[j]), "element %d: plain %g, pipelined %g", j, plain[j], pipe[j])
+					}
+				})
+			}
+		}
+	}
+	t.Run("sim4", func(t *testing.T) { run(t, simBackendSMs(t, 4)) })
+	t.Run("sim132", func(t *testing.T) { run(t, simBackendSMs(t, 132)) })
+	t.Run("gpu", func(t *testing.T) { run(t, gpuBackend(t)) })
+}
+
+// TestOpAttentionDecodePipeErrors: the pipelined instances report what the plain ones do: a
+// block-table entry outside the cache inside the context (with the H100's partitions of 32, a
+// single pass; with one partition of 512, on a warp's second step of several), and a sequence
+// whose context is past the launch's bound.
+func TestOpAttentionDecodePipeErrors(t *testing.T) {
+	c := attnCase{name: "pipe_errors", heads: 4, kv: 2, hd: 128, bs: 16, seqs: [][2]int{{1, 40}, {1, 300}}, tolerance: "Attention/decode", spareBlocks: 2}
+	run := func(t *testing.T, b *Backend) {
+		t.Cleanup(func() { b.decodePart, b.attnPipe = 0, 0 })
+		for _, part := range []int{0, 512} {
+			for _, bad := range []int{1, 19 + 5} { // sequence 0's second page; sequence 1's sixth (tokens 80..95)
+				for _, pipe := range []int{-1, 1} {
+					b.decodePart, b.attnPipe = part, pipe
+					_, out, q, a := attentionInputs(t, b, c, 5)
+					mb := a.BlockTables.Shape()[1]
+					require.Equal(t, 19, mb)
+					tables := make([]int32, len(c.seqs)*mb)
+					require.NoError(t, b.Read(a.BlockTables, tables))
+					tables[bad] = int32(a.Layout.NumBlocks)
+					require.NoError(t, b.Write(a.BlockTables, tables))
+					require.NoError(t, b.Attention(out, q, a))
+					err := b.Sync()
+					require.ErrorIs(t, err, ErrDeviceCheck, "part %d, entry %d, attnPipe %d", part, bad, pipe)
+					require.ErrorContains(t, err, "a block table entry is outside the cache")
+				}
+			}
+		}
+		b.decodePart, b.attnPipe = 32, 1
+		_, out, q, a := attentionInputs(t, b, c, 5)
+		a.MaxCtxLen = 64 // below sequence 1's 300: 2 partitions of 32 do not cover it
+		require.NoError(t, b.Attention(out, q, a))
+		err := b.Sync()
+		require.ErrorIs(t, err, ErrDeviceCheck)
+		require.ErrorContains(t, err, "seq_start and ctx_len do not fit")
+	}
+	t.Run("sim", func(t *testing.T) { run(t, simBackendSMs(t, 132)) })
+	t.Run("gpu", func(t *testing.T) { run(t, gpuBackend(t)) })
 }

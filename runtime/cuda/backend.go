@@ -102,6 +102,9 @@ type Backend struct {
 	// decodePart, when positive, replaces decodePartition's choice of the decode attention's
 	// partition (tokens): the GPU benchmark sweeps it.
 	decodePart int
+	// attnPipe, when not 0, replaces envAttnPipe's choice of decode attention instances: 1 the
+	// pipelined ones (where they exist), −1 the plain ones (tests and the benchmark compare them).
+	attnPipe int
 	// sampleSplit, when positive, replaces splitRows's choice of blocks per row of TopK and
 	// Sample (tests use it to split small rows).
 	sampleSplit int

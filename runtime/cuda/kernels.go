@@ -48,7 +48,7 @@ const (
 	kGemv8
 	kNormGemv    // qvl_norm_gemv (fused.go)
 	kSwiGLUGemv  // qvl_swiglu_gemv (fused.go)
-	kDecodeFirst // the decode variants follow, in decodeVariants order
+	kDecodeFirst // the decode instances follow (decodeHeadDims × decodeGroups), then the pipelined ones
 )
 
 // decodeHeadDims and decodeGroups are the template instances of qvl_attn_decode_hd*_g*
@@ -57,6 +57,27 @@ var (
 	decodeHeadDims = []int{32, 64, 128, 256}
 	decodeGroups   = []int{1, 2, 4, 8}
 )
+
+// decodePipeHeadDim is the head size of the pipelined decode instances,
+// qvl_attn_decode_pipe_hd128_g{1,2,4,8} (attention.cu's PIPE, opt-in: envAttnPipe): Qwen3-VL's.
+const decodePipeHeadDim = 128
+
+// decodeBuilt reports whether attention.cu instantiates qvl_attn_decode_hd<hd>_g<g>.
+func decodeBuilt(hd, g int) bool { return hd != 256 || g != 8 }
+
+// kDecodePipeFirst is the first pipelined decode instance (group decodeGroups[0]), right after
+// the plain ones.
+var kDecodePipeFirst = func() kernelID {
+	id := kDecodeFirst
+	for _, hd := range decodeHeadDims {
+		for _, g := range decodeGroups {
+			if decodeBuilt(hd, g) {
+				id++
+			}
+		}
+	}
+	return id
+}()
 
 const (
 	sigDecode  = "ppppppppiiiiifiipppp"
@@ -109,11 +130,13 @@ var kernelTable = func() []kernelSpec {
 	}
 	for _, hd := range decodeHeadDims {
 		for _, g := range decodeGroups {
-			if hd == 256 && g == 8 {
-				continue
+			if decodeBuilt(hd, g) {
+				t = append(t, kernelSpec{name: fmt.Sprintf("qvl_attn_decode_hd%d_g%d", hd, g), sig: sigDecode})
 			}
-			t = append(t, kernelSpec{name: fmt.Sprintf("qvl_attn_decode_hd%d_g%d", hd, g), sig: sigDecode})
 		}
+	}
+	for _, g := range decodeGroups {
+		t = append(t, kernelSpec{name: fmt.Sprintf("qvl_attn_decode_pipe_hd%d_g%d", decodePipeHeadDim, g), sig: sigDecode})
 	}
 	return t
 }()
@@ -124,13 +147,28 @@ func decodeKernel(hd, g int) (kernelID, bool) {
 	id := kDecodeFirst
 	for _, h := range decodeHeadDims {
 		for _, gm := range decodeGroups {
-			if h == 256 && gm == 8 {
+			if !decodeBuilt(h, gm) {
 				continue
 			}
 			if h == hd && g <= gm {
 				return id, true
 			}
 			id++
+		}
+	}
+	return 0, false
+}
+
+// decodePipeKernel returns the pipelined decode instance for head size hd and group size g
+// (the smallest instantiated group ≥ g), or false when none covers them (hd other than
+// decodePipeHeadDim).
+func decodePipeKernel(hd, g int) (kernelID, bool) {
+	if hd != decodePipeHeadDim {
+		return 0, false
+	}
+	for i, gm := range decodeGroups {
+		if g <= gm {
+			return kDecodePipeFirst + kernelID(i), true
 		}
 	}
 	return 0, false

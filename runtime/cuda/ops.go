@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"sync/atomic"
 
 	"github.com/qvl-dev/qvl/runtime/ml"
 )
@@ -414,6 +415,29 @@ func qkvThreads(n, heads int) int {
 	return 32 * min(heads, qkvMaxWarps)
 }
 
+// envAttnPipe set to 1 makes decode attention launch the pipelined instances where they exist
+// (qvl_attn_decode_pipe_hd128_g*: each warp's next step of keys or values is in flight while it
+// computes, and the values' first steps through the softmax; bit for bit the plain kernel). It
+// is read once, at start-up. Off by default until a GPU run has measured it (written and checked
+// on the CPU emulation only); the GPU benchmark's attention rows time both kernels whatever it
+// says, the op tests run both, and scripts/gpu-check.sh's opt-in goldens, benchmark and 2B run
+// have it on.
+const envAttnPipe = "QVL_CUDA_ATTN_PIPE"
+
+// attnPipeOn is set when envAttnPipe is "1".
+var attnPipeOn atomic.Bool
+
+func init() { attnPipeOn.Store(os.Getenv(envAttnPipe) == "1") }
+
+// decodePipe reports whether Attention launches the pipelined decode instances: b.attnPipe
+// when set (tests and the benchmark), else envAttnPipe.
+func (b *Backend) decodePipe() bool {
+	if b.attnPipe != 0 {
+		return b.attnPipe > 0
+	}
+	return attnPipeOn.Load()
+}
+
 // decodePartition chooses the split-K partition of decode attention: 512 tokens, halved (down
 // to 64) while the grid would have fewer than two blocks per SM, so that a small batch still
 // spreads its context over the GPU.
@@ -460,6 +484,9 @@ func (b *Backend) Attention(out, q ml.Tensor, a ml.AttnArgs) error {
 	}
 	g := a.Heads / a.KVHeads
 	dec, okDec := decodeKernel(hd, g)
+	if pipe, ok := decodePipeKernel(hd, g); ok && b.decodePipe() {
+		dec = pipe
+	}
 	pre, okPre := prefillKernel(hd)
 	generic := !okDec || (maxQ > 1 && !okPre)
 	errs := b.dev.errFlags()
