@@ -35,6 +35,10 @@
 //       backend launches them when QVL_CUDA_ATTN_PIPE=1): each warp step's keys or values are
 //       copied into shared memory by cp.async while the warp computes the step before, and the
 //       values' first steps are in flight through the softmax. Bit for bit the plain kernel.
+//   qvl_attn_decode_fold_hd128_g{1,2,4,8}  the plain kernel with qvl_qkv folded in (attn_decode's
+//       FOLD; the backend launches them for decode-only steps when QVL_CUDA_QKV_FOLD=1): q is
+//       finished from the raw qkv rows in each block, and the new token's k and v are written to
+//       the cache by the block whose partition holds it. Bit for bit qvl_qkv then the plain kernel.
 //   qvl_attn_prefill_hd{32,64,128}  sequences with qlen ≥ 2 (FlashAttention-2 on mma.sync
 //       m16n8k16 bf16 → f32). Grid (⌈max qlen/64⌉, heads, sequences), block 128 (4 warps × 16
 //       query rows), dynamic shared memory (64 + 2·64)·(hd+8)·2 bytes (Q, K, V tiles; 52 KiB at
@@ -51,7 +55,7 @@
 // over 28 layers: as much as a third of the weights' 3.44 GB). Prefill is tensor-core FLOPs:
 // 2·2·hd·H·Σ_rows(position+1) per layer; 8 sequences of 512 on the 2B shape is 8.6 GFLOP per
 // layer, 11.5 µs at the 748 TFLOP/s bf16 anchor (mma.sync without wgmma reaches perhaps 60% of it).
-#include "common.cuh"
+#include "qkv.cuh"  // common.cuh, and the per-head q/k finishing of qvl_qkv (the FOLD variant)
 
 #define QVL_DECODE_THREADS 128
 #define QVL_DECODE_MAX_PART 512
@@ -69,14 +73,42 @@ __device__ __forceinline__ unsigned qvl_ld32(const qvl_bf16* p) { return *reinte
 // values' first two steps are in flight through the softmax. A single-pass partition issues its
 // keys and values together, as the plain kernel does. The score and value loops are the plain
 // kernel's arithmetic in the same order, bit for bit.
-template <int HD, int GMAX, bool PIPE>
+// QvlFold is the QKV input of the folded decode (attn_decode's FOLD): the per-head norm weights
+// (bf16 when flags bit 0 for qn, bit 1 for kn), each row's (t, h, w) positions and cache slot,
+// the rotary table (inv_freq, axis; qvl_qkv's), the norm epsilon, and the K and V caches to
+// write the new token into. Empty (unused) otherwise.
+struct QvlFold {
+    const void* qn;
+    const void* kn;
+    int flags;
+    const int* pos;
+    const int* slots;
+    const double* inv_freq;
+    const int* axis;
+    float eps;
+    qvl_bf16* kw;  // the caches, written (attn_decode's kc and vc: never read back there)
+    qvl_bf16* vw;
+};
+
+// FOLD (qvl_attn_decode_fold_hd128_g*, opt-in: QVL_CUDA_QKV_FOLD=1) folds qvl_qkv into the
+// decode: q is then the raw qkv rows [N, (heads + 2·kv_heads)·HD], and each block computes its
+// g query heads from its sequence's row — RMSNorm with qn and rope at the row's positions, by
+// qkv.cuh's functions, the arithmetic and order of qvl_qkv — into qs (scaled as the plain kernel
+// scales the loaded q). The block whose partition holds the new token (position ctx−1) also
+// finishes that token's k (norm with kn, rope) and v for its KV head, writes them to the cache
+// at the row's slot as bf16 (as qvl_qkv does), and takes that token's key and value from its own
+// shared-memory copy (knv) instead of the cache: its loads need not see its own stores. Block
+// (KV head 0, partition 0) raises QVL_ERR_SLOT for a slot outside the cache (nothing is written
+// then). Plain loops only (not PIPE); bit for bit qvl_qkv followed by the plain kernel.
+template <int HD, int GMAX, bool PIPE, bool FOLD>
 __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* __restrict__ out_bf16,
                                             const float* __restrict__ q, const qvl_bf16* __restrict__ kc,
                                             const qvl_bf16* __restrict__ vc, const int* __restrict__ seq_start,
                                             const int* __restrict__ ctx_len, const int* __restrict__ tables,
                                             int max_blocks, int heads, int kv_heads, int bs, int num_blocks, float scale,
                                             int part, int nparts, float* pout, float* pml, unsigned* cnt,
-                                            unsigned* err) {
+                                            unsigned* err, const QvlFold fo) {
+    static_assert(!(FOLD && PIPE), "the folded decode has plain loops");
     constexpr int TPG = HD / 8;    // lanes per token
     constexpr int TPW = 32 / TPG;  // tokens per warp step
     constexpr int NW = QVL_DECODE_THREADS / 32;
@@ -100,6 +132,7 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     constexpr int SLOTS = NW * DU * 32;
     __shared__ uint4 vsm[(PIPE ? 2 : 1) * SLOTS];
     __shared__ int is_last;
+    __shared__ __align__(16) qvl_bf16 knv[FOLD ? 2 * HD : 8];  // FOLD: the new token's k, then its v
     static_assert(!PIPE || sizeof(accs_) <= sizeof(vsm), "accs fits the stages");
     float(*accs)[GMAX][HD] = accs_;
     if constexpr (PIPE) accs = reinterpret_cast<float(*)[GMAX][HD]>(vsm);
@@ -132,6 +165,13 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
         for (int i = tid; pg0 + i < pend; i += QVL_DECODE_THREADS) tb[i] = table[pg0 + i];
     }
     if (qlen != 1) return;
+    int fslot = 0;
+    bool fslot_ok = false;
+    if constexpr (FOLD) {
+        fslot = fo.slots[row];
+        fslot_ok = fslot >= 0 && fslot < num_blocks * bs;
+        if (!fslot_ok && kvh == 0 && p == 0 && tid == 0) qvl_raise(err, QVL_ERR_SLOT);
+    }
     // ctx > nparts·part: the launch's context bound (MaxCtxLen) is below this sequence's context.
     // nparts > QVL_DECODE_MAX_PART: the merge's weights would not fit lg (the backend refuses it);
     // !part_ok: the pages would not fit tb (the backend does not launch it).
@@ -145,11 +185,68 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     // registers until the first warp step's loads are out.
     constexpr int QI = (GMAX * HD + QVL_DECODE_THREADS - 1) / QVL_DECODE_THREADS;
     float qv[QI];
+    if constexpr (!FOLD) {
 #pragma unroll
-    for (int k = 0; k < QI; k++) {
-        const int i = tid + k * QVL_DECODE_THREADS, gi = i / HD, d = i % HD;
-        qv[k] = 0.f;
-        if (i < GMAX * HD && gi < g) qv[k] = q[((long long)row * heads + kvh * g + gi) * HD + d];
+        for (int k = 0; k < QI; k++) {
+            const int i = tid + k * QVL_DECODE_THREADS, gi = i / HD, d = i % HD;
+            qv[k] = 0.f;
+            if (i < GMAX * HD && gi < g) qv[k] = q[((long long)row * heads + kvh * g + gi) * HD + d];
+        }
+    } else {
+        // The row's rotary table goes into lg and each warp's scratch into accs (both written
+        // only after the barrier below). Warp w finishes tasks w, w + NW, …: the g query heads
+        // (into qs, scaled), then, in the new token's partition, its k and its v (into knv and
+        // the cache).
+        constexpr int HALF = HD / 2;
+        float* cs = &lg[0][0];
+        float* hbuf = &accs_[w][0][0];
+        const int nh = heads + 2 * kv_heads;
+        const float* xrow = q + (long long)row * nh * HD;
+        const int p0 = fo.pos[3 * row], p1 = fo.pos[3 * row + 1], p2 = fo.pos[3 * row + 2];
+        for (int j = tid; j < HALF; j += QVL_DECODE_THREADS) qvl_rope_cs(cs, j, HALF, p0, p1, p2, fo.axis, fo.inv_freq);
+        for (int i = g * HD + tid; i < GMAX * HD; i += QVL_DECODE_THREADS) qs[i / HD][i % HD] = 0.f;
+        __syncthreads();  // cs
+        const bool last = t1 == ctx;  // block-uniform
+        const long long dst = fslot_ok ? (((long long)(fslot / bs) * kv_heads + kvh) * bs + fslot % bs) * HD : 0;
+        const int ntask = g + (last ? 2 : 0);
+        for (int task = w; task < ntask; task += NW) {  // warp-uniform
+            const int h = task < g ? kvh * g + task : task == g ? heads + kvh : heads + kv_heads + kvh;
+            const float* x = xrow + (long long)h * HD;
+            float cur[QVL_QKV_LANE_REGS];
+            qvl_qkv_fetch(cur, x, lane, HD);
+            if (task < g) {
+                qvl_qkv_head(cur, x, hbuf, cs, fo.qn, fo.flags & 1, lane, HD, fo.eps, [&](int j, float o1, float o2) {
+                    qs[task][j] = o1 * scale;
+                    qs[task][j + HALF] = o2 * scale;
+                });
+            } else if (task == g) {
+                qvl_qkv_head(cur, x, hbuf, cs, fo.kn, (fo.flags >> 1) & 1, lane, HD, fo.eps,
+                             [&](int j, float o1, float o2) {
+                                 const qvl_bf16 b1 = qvl_f32_to_bf16(o1), b2 = qvl_f32_to_bf16(o2);
+                                 knv[j] = b1;
+                                 knv[j + HALF] = b2;
+                                 if (fslot_ok) {
+                                     fo.kw[dst + j] = b1;
+                                     fo.kw[dst + j + HALF] = b2;
+                                 }
+                             });
+            } else {
+#pragma unroll
+                for (int k = 0; k < QVL_QKV_LANE_REGS; ++k) {
+                    const int d = lane + 32 * k;
+                    if (d < HD) {
+                        const qvl_bf16 b = qvl_f32_to_bf16(cur[k]);
+                        knv[HD + d] = b;
+                        if (fslot_ok) fo.vw[dst + d] = b;
+                    }
+                }
+                for (int d = lane + 32 * QVL_QKV_LANE_REGS; d < HD; d += 32) {
+                    const qvl_bf16 b = qvl_f32_to_bf16(x[d]);
+                    knv[HD + d] = b;
+                    if (fslot_ok) fo.vw[dst + d] = b;
+                }
+            }
+        }
     }
     __syncthreads();  // tb
     // kv_at returns the cache offset of token t's slice for this lane, or −1 when its page is
@@ -181,6 +278,12 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
         for (int u = 0; u < DU; u++) {
             kv[u] = make_uint4(0u, 0u, 0u, 0u);
             if (at[u] >= 0) {
+                if constexpr (FOLD) {
+                    if (base + u * TPW + sub == ctx - 1) {  // the new token (FOLD): its key from knv,
+                        kv[u] = *reinterpret_cast<const uint4*>(knv + c * 8);  // and pv its value
+                        continue;
+                    }
+                }
                 kv[u] = *reinterpret_cast<const uint4*>(kc + at[u] + c * 8);
                 if (vals) qvl_cp_async16(&vsm[(w * DU + u) * 32 + lane], vc + at[u] + c * 8, 16);
             }
@@ -223,10 +326,12 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     } else {
         keys(base0, one);
     }
+    if constexpr (!FOLD) {
 #pragma unroll
-    for (int k = 0; k < QI; k++) {
-        const int i = tid + k * QVL_DECODE_THREADS, gi = i / HD, d = i % HD;
-        if (i < GMAX * HD) qs[gi][d] = gi < g ? qv[k] * scale : 0.f;
+        for (int k = 0; k < QI; k++) {
+            const int i = tid + k * QVL_DECODE_THREADS, gi = i / HD, d = i % HD;
+            if (i < GMAX * HD) qs[gi][d] = gi < g ? qv[k] * scale : 0.f;
+        }
     }
     __syncthreads();  // qs
     float qr[GMAX][8];
@@ -392,8 +497,15 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
 #pragma unroll
         for (int u = 0; u < DU; u++) {
             vv[u] = make_uint4(0u, 0u, 0u, 0u);
-            if (at[u] >= 0)
+            if (at[u] >= 0) {
+                if constexpr (FOLD) {
+                    if (base + u * TPW + sub == ctx - 1) {  // the new token (FOLD): its value from knv
+                        vv[u] = *reinterpret_cast<const uint4*>(knv + HD + c * 8);
+                        continue;
+                    }
+                }
                 vv[u] = from_vsm ? vsm[(w * DU + u) * 32 + lane] : *reinterpret_cast<const uint4*>(vc + at[u] + c * 8);
+            }
         }
 #pragma unroll
         for (int u = 0; u < DU; u++) {
@@ -569,8 +681,9 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
 #define QVL_DECODE_BOUNDS(NAME, HD, G, PIPE, ...)                                                                  \
     extern "C" __global__ void __launch_bounds__(__VA_ARGS__) NAME(QVL_DECODE_ARGS) {                               \
         QVL_PDL_ENTER();                                                                                            \
-        attn_decode<HD, G, PIPE>(out, out_bf16, q, kc, vc, seq_start, ctx_len, tables, max_blocks, heads, kv_heads, \
-                                 bs, num_blocks, scale, part, nparts, pout, pml, cnt, err);                         \
+        attn_decode<HD, G, PIPE, false>(out, out_bf16, q, kc, vc, seq_start, ctx_len, tables, max_blocks, heads,    \
+                                        kv_heads, bs, num_blocks, scale, part, nparts, pout, pml, cnt, err,         \
+                                        QvlFold());                                                                 \
     }                                                                                                               \
     QVL_REGISTER(NAME)
 #define QVL_DECODE(HD, G) QVL_DECODE_BOUNDS(qvl_attn_decode_hd##HD##_g##G, HD, G, false, QVL_DECODE_THREADS)
@@ -601,6 +714,28 @@ QVL_DECODE_PIPE(128, 1, QVL_DECODE_THREADS)
 QVL_DECODE_PIPE(128, 2, QVL_DECODE_THREADS)
 QVL_DECODE_PIPE(128, 4, QVL_DECODE_THREADS)
 QVL_DECODE_PIPE(128, 8, QVL_DECODE_THREADS, 4)
+
+// QVL_DECODE_FOLD(HD, G, bounds...) defines qvl_attn_decode_fold_hd<HD>_g<G>, attn_decode<HD, G,
+// false, FOLD>: QVL_DECODE_ARGS with q the raw qkv rows, then QvlFold's inputs (the caches' write
+// pointers are kc and vc). The Qwen3-VL shapes only (hd 128, groups 1 to 8: the file is built
+// twice, and every instance is PTX); the bounds as the plain kernel's.
+#define QVL_DECODE_FOLD(HD, G, ...)                                                                                \
+    extern "C" __global__ void __launch_bounds__(__VA_ARGS__) qvl_attn_decode_fold_hd##HD##_g##G(                  \
+        QVL_DECODE_ARGS, const void* __restrict__ qn, const void* __restrict__ kn, int flags,                      \
+        const int* __restrict__ pos, const int* __restrict__ slots, const double* __restrict__ inv_freq,           \
+        const int* __restrict__ axis, float eps) {                                                                 \
+        QVL_PDL_ENTER();                                                                                           \
+        const QvlFold fo = {qn, kn, flags, pos, slots, inv_freq, axis, eps, const_cast<qvl_bf16*>(kc),             \
+                            const_cast<qvl_bf16*>(vc)};                                                            \
+        attn_decode<HD, G, false, true>(out, out_bf16, q, kc, vc, seq_start, ctx_len, tables, max_blocks, heads,   \
+                                        kv_heads, bs, num_blocks, scale, part, nparts, pout, pml, cnt, err, fo);   \
+    }                                                                                                              \
+    QVL_REGISTER(qvl_attn_decode_fold_hd##HD##_g##G)
+
+QVL_DECODE_FOLD(128, 1, QVL_DECODE_THREADS)
+QVL_DECODE_FOLD(128, 2, QVL_DECODE_THREADS)
+QVL_DECODE_FOLD(128, 4, QVL_DECODE_THREADS)
+QVL_DECODE_FOLD(128, 8, QVL_DECODE_THREADS, 4)
 
 template <int HD>
 __device__ __forceinline__ void attn_prefill(float* __restrict__ out, qvl_bf16* __restrict__ out_bf16,

@@ -24,20 +24,7 @@
 // Floor: bandwidth, reading (H+2KV)·hd·4 bytes and writing H·hd·4 + 2·KV·hd·2 per token: the
 // 2B's 32 heads of 128 at 4096 tokens read 67.1 MB and write 50.3 MB (16.8 M and 12.6 M
 // elements), 39 µs at 3 TB/s; at decode a launch.
-#include "common.cuh"
-
-// QVL_QKV_LANE_REGS is how many elements of a head each lane holds in registers (d = lane + 32k):
-// all of it for hd ≤ 128; larger heads load the rest where they are used.
-#define QVL_QKV_LANE_REGS 4
-
-// qvl_qkv_fetch loads the lane's register share of a head's row x (0 past hd).
-__device__ __forceinline__ void qvl_qkv_fetch(float* v, const float* __restrict__ x, int lane, int hd) {
-#pragma unroll
-    for (int k = 0; k < QVL_QKV_LANE_REGS; ++k) {
-        const int d = lane + 32 * k;
-        v[k] = d < hd ? x[d] : 0.f;
-    }
-}
+#include "qkv.cuh"  // qvl_qkv_fetch, qvl_rope_cs, qvl_qkv_head (shared with the folded decode attention)
 
 extern "C" __global__ void __launch_bounds__(1024)
 qvl_qkv(const float* __restrict__ qkv, float* __restrict__ q_out, const void* __restrict__ qn,
@@ -62,17 +49,7 @@ qvl_qkv(const float* __restrict__ qkv, float* __restrict__ q_out, const void* __
     const bool slot_ok = slot >= 0 && slot < num_blocks * block_size;
     if (!slot_ok && threadIdx.x == 0) qvl_raise(err, QVL_ERR_SLOT);
     const int p0 = pos[3 * n], p1 = pos[3 * n + 1], p2 = pos[3 * n + 2];
-    for (int j = threadIdx.x; j < half; j += blockDim.x) {
-        const int ax = axis[j];
-        const int p = ax == 1 ? p1 : (ax == 2 ? p2 : p0);
-        double ang = (double)p * inv_freq[j];
-        const double two_pi = 6.283185307179586476925286766559;
-        ang -= rint(ang / two_pi) * two_pi;
-        float s, c;
-        sincosf((float)ang, &s, &c);
-        cs[j] = c;
-        cs[half + j] = s;
-    }
+    for (int j = threadIdx.x; j < half; j += blockDim.x) qvl_rope_cs(cs, j, half, p0, p1, p2, axis, inv_freq);
     __syncthreads();
     const long long blk = slot_ok ? slot / block_size : 0, off = slot_ok ? slot % block_size : 0;
     for (int h = w; h < nh; h += nw) {  // warp-uniform
@@ -102,31 +79,7 @@ qvl_qkv(const float* __restrict__ qkv, float* __restrict__ q_out, const void* __
         const bool isq = h < heads;
         const void* wn = isq ? qn : kn;
         const int wbf = isq ? (flags & 1) : ((flags >> 1) & 1);
-        // The sum of squares in the order of d (the registers' share first, then the rest).
-        float ss = 0.f;
-#pragma unroll
-        for (int k = 0; k < QVL_QKV_LANE_REGS; ++k) {
-            const int d = lane + 32 * k;
-            if (d < hd) {
-                const float v = cur[k];
-                hb[d] = v;
-                ss += v * v;
-            }
-        }
-        for (int d = lane + 32 * QVL_QKV_LANE_REGS; d < hd; d += 32) {
-            const float v = x[d];
-            hb[d] = v;
-            ss += v * v;
-        }
-        ss = qvl_warp_sum(ss);
-        const float inv = (float)(1.0 / sqrt((double)ss / (double)hd + (double)eps));
-        __syncwarp();
-#pragma unroll 2
-        for (int j = lane; j < half; j += 32) {
-            const float a = hb[j] * inv * qvl_load_weight(wn, wbf, j);
-            const float b = hb[j + half] * inv * qvl_load_weight(wn, wbf, j + half);
-            const float c = cs[j], s = cs[half + j];
-            const float o1 = a * c - b * s, o2 = b * c + a * s;
+        qvl_qkv_head(cur, x, hb, cs, wn, wbf, lane, hd, eps, [&](int j, float o1, float o2) {
             if (isq) {
                 float* dst = q_out + ((long long)n * heads + h) * hd;
                 dst[j] = o1;
@@ -136,8 +89,7 @@ qvl_qkv(const float* __restrict__ qkv, float* __restrict__ q_out, const void* __
                 dst[j] = qvl_f32_to_bf16(o1);
                 dst[j + half] = qvl_f32_to_bf16(o2);
             }
-        }
-        __syncwarp();
+        });
     }
 }
 QVL_REGISTER(qvl_qkv)

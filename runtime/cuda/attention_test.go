@@ -235,7 +235,8 @@ func TestDecodePipeKernelChoice(t *testing.T) {
 	last, ok := decodeKernel(256, 4)
 	require.True(t, ok)
 	assert.Equal(t, kDecodePipeFirst, last+1, "the pipelined instances follow the plain ones")
-	assert.Len(t, kernelTable, int(kDecodePipeFirst)+len(decodeGroups))
+	assert.Equal(t, kDecodePipeFirst+kernelID(len(decodeGroups)), kFoldFirst, "the folded instances follow the pipelined ones")
+	assert.Len(t, kernelTable, int(kFoldFirst)+len(decodeGroups))
 
 	was := attnPipeOn.Load()
 	t.Cleanup(func() { attnPipeOn.Store(was) })

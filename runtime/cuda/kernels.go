@@ -48,7 +48,7 @@ const (
 	kGemv8
 	kNormGemv    // qvl_norm_gemv (fused.go)
 	kSwiGLUGemv  // qvl_swiglu_gemv (fused.go)
-	kDecodeFirst // the decode instances follow (decodeHeadDims × decodeGroups), then the pipelined ones
+	kDecodeFirst // the decode instances follow (decodeHeadDims × decodeGroups), then the pipelined and the folded ones
 )
 
 // decodeHeadDims and decodeGroups are the template instances of qvl_attn_decode_hd*_g*
@@ -81,6 +81,7 @@ var kDecodePipeFirst = func() kernelID {
 
 const (
 	sigDecode  = "ppppppppiiiiifiipppp"
+	sigFold    = sigDecode + "ppippppf" // qvl_attn_decode_fold_*: then qn, kn, flags, pos, slots, inv_freq, axis, eps
 	sigPrefill = "ppppppppiiiiifp"
 	sigEmbed   = "piippippipppiiiiippppipppp"
 )
@@ -137,6 +138,9 @@ var kernelTable = func() []kernelSpec {
 	}
 	for _, g := range decodeGroups {
 		t = append(t, kernelSpec{name: fmt.Sprintf("qvl_attn_decode_pipe_hd%d_g%d", decodePipeHeadDim, g), sig: sigDecode})
+	}
+	for _, g := range decodeGroups {
+		t = append(t, kernelSpec{name: fmt.Sprintf("qvl_attn_decode_fold_hd%d_g%d", foldHeadDim, g), sig: sigFold})
 	}
 	return t
 }()

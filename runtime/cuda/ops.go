@@ -449,6 +449,35 @@ func decodePartition(kvHeads, seqs, ctx, sms int) (part, nparts int) {
 	return part, max(1, (ctx+part-1)/part)
 }
 
+// decodeSplit chooses the split-K partition of a decode launch over nb sequences of n query
+// rows and context bound maxCtx (decodePartition, or b.decodePart when set) and makes the
+// scratch of its merge ready: the partial outputs, their (max, sum) and the zeroed arrival
+// counters. Run inside do.
+func (b *Backend) decodeSplit(op string, n, nb, heads, kvHeads, hd, maxCtx int) (part, nparts int, err error) {
+	part, nparts = decodePartition(kvHeads, nb, maxCtx, b.info.sms)
+	if b.decodePart > 0 {
+		part = min(b.decodePart, decodeMaxPart)
+		nparts = (maxCtx + part - 1) / part
+	}
+	if nparts > decodeMaxPart {
+		// The kernel's merge keeps one weight per partition in a 512-entry array.
+		return 0, 0, fmt.Errorf("%s: context %d is above the decode kernel's %d tokens", op, maxCtx, decodeMaxPart*decodeMaxPart)
+	}
+	if nparts > 1 {
+		if err := b.ensure(&b.part, 4*n*heads*nparts*hd); err != nil {
+			return 0, 0, err
+		}
+		if err := b.ensure(&b.partML, 8*n*heads*nparts); err != nil {
+			return 0, 0, err
+		}
+		// One arrival counter per (sequence, KV head); zero between launches.
+		if err := b.ensureZeroed(&b.partDone, 4*nb*kvHeads); err != nil {
+			return 0, 0, err
+		}
+	}
+	return part, nparts, nil
+}
+
 // Attention implements ml.Backend: qvl_attn_decode_* for sequences with one query row (split-K
 // when the context spans several partitions, merged by the last block of each sequence and KV
 // head, in the same launch) and qvl_attn_prefill_* (tensor cores) for the others;
@@ -508,26 +537,9 @@ func (b *Backend) Attention(out, q ml.Tensor, a ml.AttnArgs) error {
 			b.produced(out, obf)
 			return nil
 		}
-		part, nparts := decodePartition(a.KVHeads, nb, maxCtx, b.info.sms)
-		if b.decodePart > 0 {
-			part = min(b.decodePart, decodeMaxPart)
-			nparts = (maxCtx + part - 1) / part
-		}
-		if nparts > decodeMaxPart {
-			// The kernel's merge keeps one weight per partition in a 512-entry array.
-			return fmt.Errorf("%s: context %d is above the decode kernel's %d tokens", op, maxCtx, decodeMaxPart*decodeMaxPart)
-		}
-		if nparts > 1 {
-			if err := b.ensure(&b.part, 4*n*a.Heads*nparts*hd); err != nil {
-				return err
-			}
-			if err := b.ensure(&b.partML, 8*n*a.Heads*nparts); err != nil {
-				return err
-			}
-			// One arrival counter per (sequence, KV head); zero between launches.
-			if err := b.ensureZeroed(&b.partDone, 4*nb*a.KVHeads); err != nil {
-				return err
-			}
+		part, nparts, err := b.decodeSplit(op, n, nb, a.Heads, a.KVHeads, hd, maxCtx)
+		if err != nil {
+			return err
 		}
 		common().i32(a.Heads).i32(a.KVHeads).i32(l.BlockSize).i32(l.NumBlocks).f32(a.Scale).i32(part).i32(nparts).
 			ptr(b.part.p).ptr(b.partML.p).ptr(b.partDone.p).ptr(errs)

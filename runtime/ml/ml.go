@@ -360,6 +360,27 @@ func NormMatMulOps(b Backend, y, h, x, delta, norm, w Tensor, eps float32) error
 	return b.MatMul(y, h, w)
 }
 
+// QKVAttender is implemented by backends that fold the QKV op into decode attention (the
+// per-head norm and rope of q, and the new token's k and v, computed inside the attention
+// kernel), which saves a launch and q's round trip through memory per layer at decode. The
+// model calls it where the backend has it and QKV, then Attention, otherwise.
+type QKVAttender interface {
+	// QKVAttention is QKV(qkv, qa) followed by Attention(out, qa.Q, aa): the same out and the
+	// same cache contents (qa.K, qa.V), except that a fusing backend may leave qa.Q unwritten —
+	// callers must not read qa.Q afterwards (the model reads q nowhere else).
+	QKVAttention(out, qkv Tensor, qa QKVArgs, aa AttnArgs) error
+}
+
+// QKVAttentionOps computes QKVAttention with b's unfused ops: QKV, then Attention with
+// q = qa.Q. It is the fallback of the model and of the fusing backends, and the CPU backends'
+// implementation.
+func QKVAttentionOps(b Backend, out, qkv Tensor, qa QKVArgs, aa AttnArgs) error {
+	if err := b.QKV(qkv, qa); err != nil {
+		return err
+	}
+	return b.Attention(out, qa.Q, aa)
+}
+
 // SwiGLUMatMulOps computes SwiGLUMatMul with b's unfused ops: SwiGLU, then MatMul.
 func SwiGLUMatMulOps(b Backend, y, act, gu, w Tensor) error {
 	if err := b.SwiGLU(act, gu); err != nil {

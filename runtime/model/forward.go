@@ -305,7 +305,7 @@ func (m *Model) launch(sh shape) error {
 		return err
 	}
 	for i := range m.layers {
-		if err := m.layer(i, h, x, qkv, q, attn, o, gu, act, down, qa, aa, sh.nd); err != nil {
+		if err := m.layer(i, h, x, qkv, attn, o, gu, act, down, qa, aa, sh.nd); err != nil {
 			return fmt.Errorf("layer %d: %w", i, err)
 		}
 	}
@@ -392,18 +392,25 @@ func (m *Model) swigluMatMul(y, act, gu, w ml.Tensor) error {
 	return ml.SwiGLUMatMulOps(m.b, y, act, gu, w)
 }
 
+// qkvAttention finishes the qkv projection (QKV into qa.Q and the cache) and writes attn over
+// the paged cache: one op on backends that fold the two (ml.QKVAttender, which may leave qa.Q
+// unwritten: nothing reads q after it), else QKV and Attention.
+func (m *Model) qkvAttention(attn, qkv ml.Tensor, qa ml.QKVArgs, aa ml.AttnArgs) error {
+	if f, ok := m.b.(ml.QKVAttender); ok {
+		return f.QKVAttention(attn, qkv, qa, aa)
+	}
+	return ml.QKVAttentionOps(m.b, attn, qkv, qa, aa)
+}
+
 // layer runs decoder layer i. On entry h holds RMSNorm(x) with the layer's input norm and qkv
 // holds h·Wqkvᵀ; on return x holds the layer's output (with DeepStack level i added at visual
 // rows) and h holds it normalised by the next layer's input norm, and qkv the next layer's qkv
 // projection of it (after the last layer: h normalised by the final norm, qkv unchanged).
-func (m *Model) layer(i int, h, x, qkv, q, attn, o, gu, act, down ml.Tensor, qa ml.QKVArgs, aa ml.AttnArgs, nd int) error {
+func (m *Model) layer(i int, h, x, qkv, attn, o, gu, act, down ml.Tensor, qa ml.QKVArgs, aa ml.AttnArgs, nd int) error {
 	b, s, L := m.b, &m.s, m.layers[i]
 	qa.QNorm, qa.KNorm, qa.K, qa.V = L.qNorm, L.kNorm, m.kc[i], m.vc[i]
 	aa.K, aa.V = m.kc[i], m.vc[i]
-	if err := b.QKV(qkv, qa); err != nil {
-		return err
-	}
-	if err := b.Attention(attn, q, aa); err != nil {
+	if err := m.qkvAttention(attn, qkv, qa, aa); err != nil {
 		return err
 	}
 	if err := b.MatMul(o, attn, L.wo); err != nil {
