@@ -10,7 +10,9 @@
 // threads, exactly as qvl_rmsnorm/qvl_add_rmsnorm sum it, so h is bit for bit theirs; SwiGLU:
 // qvl_swiglu's expression) and keeps it in shared memory as bf16 — what MatMul would have read
 // from the producer's bf16 copy — then runs qvl_gemv_body<1, 1> over its share of W's rows with
-// x read from shared memory: y is bit for bit what the unfused norm/SwiGLU + qvl_gemv_m1 make.
+// x read from shared memory (the XS instance: at K ≥ 2048 a warp's next row's first W loads are
+// issued before the current row's sums, gemv.cuh's qvl_gemv_rows_next): y is bit for bit what
+// the unfused norm/SwiGLU + qvl_gemv_m1 make.
 // The f32 outputs are written too, so that the ops that follow see what the unfused ops leave:
 // h and its bf16 copy h_bf16 (nullable), and x's new residual, by the LAST block to finish its
 // prologue (every block reads x, so x may only change once all have: a counter, cnt, which
@@ -35,7 +37,7 @@
 #define QVL_FUSED_NORM_K (QVL_FUSED_NORM_PER * QVL_FUSED_THREADS)  // 4096
 #define QVL_FUSED_ACT_K 12288
 
-extern "C" __global__ void __launch_bounds__(QVL_FUSED_THREADS)
+extern "C" __global__ void __launch_bounds__(QVL_FUSED_THREADS, 2)
 qvl_norm_gemv(float* __restrict__ y, float* __restrict__ h, qvl_bf16* __restrict__ h_bf16, float* __restrict__ x,
               const float* __restrict__ delta, const void* __restrict__ nw, int nw_bf16, const qvl_bf16* __restrict__ w,
               int N, int H, float eps, unsigned* __restrict__ cnt) {
@@ -95,7 +97,7 @@ qvl_norm_gemv(float* __restrict__ y, float* __restrict__ h, qvl_bf16* __restrict
 }
 QVL_REGISTER(qvl_norm_gemv)
 
-extern "C" __global__ void __launch_bounds__(QVL_FUSED_THREADS)
+extern "C" __global__ void __launch_bounds__(QVL_FUSED_THREADS, 2)
 qvl_swiglu_gemv(float* __restrict__ y, float* __restrict__ act, qvl_bf16* __restrict__ act_bf16,
                 const float* __restrict__ gu, const qvl_bf16* __restrict__ w, int N, int I) {
     qvl_gemv_prefetch<1, QVL_FUSED_WARPS>(w, N, I);

@@ -118,6 +118,77 @@ __device__ __forceinline__ void qvl_gemv_rows(float (&acc)[R][M], const qvl_bf16
     }
 }
 
+// qvl_gemv_rows_next is qvl_gemv_rows on the vector path (K % 8 == 0, x and W 16-byte aligned)
+// with the first round of W loads carried across row groups, for the fused kernels (XS: x in
+// shared memory), whose warps take several row groups each. On entry wv holds this row group's
+// first round (rows n0…, full > 0); in its last round, before that round's arithmetic, it issues
+// the first round of the row group at nn (nn < 0: none) into wv, so that a warp's loads stay in
+// flight across rows (at K 2048 a row is one round: without this a warp loads a row, waits,
+// sums, stores and only then loads the next). Same loads of the current row, same sums in the
+// same order: acc is bit for bit qvl_gemv_rows'. full is the uint4s of a row that the rounds
+// cover (K / 8 rounded down to a multiple of 32·U), K8 = K / 8. It repeats qvl_gemv_rows' loop
+// rather than replace it so that qvl_gemv_m* (gemv.cu), measured on the H100, keep their code
+// until the fused kernels that use this one have been measured too.
+template <int M, int R, bool XS>
+__device__ __forceinline__ void qvl_gemv_rows_next(float (&acc)[R][M], uint4 (&wv)[R][8 / R],
+                                                   const uint4* __restrict__ x4, const qvl_bf16* __restrict__ w,
+                                                   int n0, int nn, int N, int K, int K8, int full, int lane) {
+    constexpr int U = 8 / R;
+    constexpr int STEP = 32 * U;
+    const uint4* wr[R];
+    const uint4* wn[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        wr[r] = reinterpret_cast<const uint4*>(w + (long long)qvl_imin(n0 + r, N - 1) * K);
+        wn[r] = reinterpret_cast<const uint4*>(w + (long long)qvl_imin(qvl_imax(nn, 0) + r, N - 1) * K);
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int m = 0; m < M; m++) acc[r][m] = 0.f;
+    for (int b = 0; b < full; b += STEP) {
+        const bool more = b + STEP < full;
+        const bool load = more || nn >= 0;  // warp-uniform
+        uint4 nv[R][U];
+        if (load) {
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int r = 0; r < R; r++) nv[r][u] = __ldcs((more ? wr[r] + b + STEP : wn[r]) + lane + 32 * u);
+        }
+        __syncwarp();
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float wf[R][8];
+#pragma unroll
+            for (int r = 0; r < R; r++) qvl_unpack8(wv[r][u], wf[r]);
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                const uint4 xv = qvl_gemv_x16<XS>(x4 + (long long)m * K8 + b + lane + 32 * u);
+#pragma unroll
+                for (int r = 0; r < R; r++) acc[r][m] = qvl_dot8(wf[r], xv, acc[r][m]);
+            }
+        }
+        if (load) {
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int r = 0; r < R; r++) wv[r][u] = nv[r][u];
+        }
+    }
+    for (int i = full + lane; i < K8; i += 32) {  // the last K8 mod STEP uint4s of the row
+        float wf[R][8];
+#pragma unroll
+        for (int r = 0; r < R; r++) qvl_unpack8(__ldcs(wr[r] + i), wf[r]);
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            const uint4 xv = qvl_gemv_x16<XS>(x4 + (long long)m * K8 + i);
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[r][m] = qvl_dot8(wf[r], xv, acc[r][m]);
+        }
+    }
+}
+
 // qvl_gemv_prefetch asks L2 for the start of this warp's first row group — the first 4 KB of
 // each of its R rows of W (all of a row at K ≤ 2048), one 128-byte line per lane — so that
 // under programmatic dependent launch (common.cuh's QVL_PDL_ENTER) the weight stream starts
@@ -142,31 +213,43 @@ __device__ __forceinline__ void qvl_gemv_prefetch(const qvl_bf16* __restrict__ w
 #endif
 }
 
-// qvl_gemv_body: each warp takes row groups (R rows) g, g + S, g + 2S, … (S = the grid's warps)
-// and, every G = min(32 / (R·M), GMAX) groups, stores its lanes' R·M partial sums per group in
-// shared memory, one slot of 32 (+1 padding: the reads below hit 32 banks) per sum, and lane s
-// adds up slot s (in lane order, whatever G is) and writes it. That reduction costs 2 warp
-// barriers per G·R·M sums instead of 5 shuffles per sum (1 per row on the GPU vs 5; in the CPU
-// emulation, where each barrier is a pass of the fiber scheduler, the LM head's 151,936 rows
-// would otherwise dominate a model test). Block of 32·WARPS threads; a smaller GMAX shrinks the
-// shared memory (32·WARPS·33 floats at GMAX 32) for kernels whose warps take few row groups.
-// XS: x is in shared memory.
-template <int M, int R, int WARPS = QVL_GEMV_WARPS, int GMAX = 32, bool XS = false>
-__device__ __forceinline__ void qvl_gemv_body(float* __restrict__ y, const qvl_bf16* __restrict__ x,
-                                              const qvl_bf16* __restrict__ w, int N, int K) {
-    constexpr int SLOTS = R * M;                                  // sums per row group (≤ 16)
-    constexpr int G = 32 / SLOTS < GMAX ? 32 / SLOTS : GMAX;      // row groups per reduction
-    __shared__ float red[WARPS][GMAX == 32 ? 32 : G * SLOTS][33];
+// qvl_gemv_groups is qvl_gemv_body's loop over the warp's row groups (blocks of WARPS warps),
+// with G groups per reduction in the warp's slots sl (R·M sums a group). PIPE (XS on
+// the vector path with at least one full round, K ≥ 256·U): the rows go through
+// qvl_gemv_rows_next, the warp's first group's first round of W loaded up front, each next
+// group's in the current group's last round. A separate instance, so that the carried loads
+// are not live through the other path.
+template <int M, int R, int WARPS, int G, bool XS, bool PIPE>
+__device__ __forceinline__ void qvl_gemv_groups(float* __restrict__ y, const qvl_bf16* __restrict__ x,
+                                                const qvl_bf16* __restrict__ w, int N, int K, float (*sl)[33]) {
+    constexpr int SLOTS = R * M;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int groups = (N + R - 1) / R;
     const int stride = gridDim.x * WARPS;
-    float(*sl)[33] = red[warp];
+    const int g0 = blockIdx.x * WARPS + warp;
+    constexpr int U = 8 / R;
+    const int K8 = K >> 3;
+    const int full = K8 / (32 * U) * (32 * U);
+    uint4 wv[R][U];
+    if (PIPE && g0 < groups) {
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                wv[r][u] =
+                    __ldcs(reinterpret_cast<const uint4*>(w + (long long)qvl_imin(g0 * R + r, N - 1) * K) + lane + 32 * u);
+    }
     // Every bound below is the same for the warp's 32 lanes: the loops and barriers are converged.
-    for (int base = blockIdx.x * WARPS + warp; base < groups; base += G * stride) {
+    for (int base = g0; base < groups; base += G * stride) {
         int j = 0;
         for (; j < G && base + j * stride < groups; j++) {
             float acc[R][M];
-            qvl_gemv_rows<M, R, XS>(acc, x, w, (base + j * stride) * R, N, K, lane);
+            const int g = base + j * stride;  // this row group; the warp's next is g + stride
+            if (PIPE)
+                qvl_gemv_rows_next<M, R, XS>(acc, wv, reinterpret_cast<const uint4*>(x), w, g * R,
+                                             g + stride < groups ? (g + stride) * R : -1, N, K, K8, full, lane);
+            else
+                qvl_gemv_rows<M, R, XS>(acc, x, w, g * R, N, K, lane);
 #pragma unroll
             for (int r = 0; r < R; r++)
 #pragma unroll
@@ -183,4 +266,32 @@ __device__ __forceinline__ void qvl_gemv_body(float* __restrict__ y, const qvl_b
         }
         __syncwarp();  // the slots are written again by the next round
     }
+}
+
+// qvl_gemv_body: each warp takes row groups (R rows) g, g + S, g + 2S, … (S = the grid's warps)
+// and, every G = min(32 / (R·M), GMAX) groups, stores its lanes' R·M partial sums per group in
+// shared memory, one slot of 32 (+1 padding: the reads below hit 32 banks) per sum, and lane s
+// adds up slot s (in lane order, whatever G is) and writes it. That reduction costs 2 warp
+// barriers per G·R·M sums instead of 5 shuffles per sum (1 per row on the GPU vs 5; in the CPU
+// emulation, where each barrier is a pass of the fiber scheduler, the LM head's 151,936 rows
+// would otherwise dominate a model test). Block of 32·WARPS threads; a smaller GMAX shrinks the
+// shared memory (32·WARPS·33 floats at GMAX 32) for kernels whose warps take few row groups.
+// XS: x is in shared memory; the warp's next row group's first round of W is then loaded
+// before the current one's arithmetic (qvl_gemv_groups' PIPE).
+template <int M, int R, int WARPS = QVL_GEMV_WARPS, int GMAX = 32, bool XS = false>
+__device__ __forceinline__ void qvl_gemv_body(float* __restrict__ y, const qvl_bf16* __restrict__ x,
+                                              const qvl_bf16* __restrict__ w, int N, int K) {
+    constexpr int SLOTS = R * M;                                  // sums per row group (≤ 16)
+    constexpr int G = 32 / SLOTS < GMAX ? 32 / SLOTS : GMAX;      // row groups per reduction
+    __shared__ float red[WARPS][GMAX == 32 ? 32 : G * SLOTS][33];
+    float(*sl)[33] = red[threadIdx.x >> 5];
+    // XS (the fused kernels): on the vector path with a full round the next row group's first
+    // round of W is loaded before this one's arithmetic and stores (qvl_gemv_groups' PIPE).
+    const bool pipe = XS && (K & 7) == 0 &&
+                      ((reinterpret_cast<unsigned long long>(x) | reinterpret_cast<unsigned long long>(w)) & 15) == 0 &&
+                      (K >> 3) >= 32 * (8 / R);
+    if (pipe)
+        qvl_gemv_groups<M, R, WARPS, G, XS, XS>(y, x, w, N, K, sl);
+    else
+        qvl_gemv_groups<M, R, WARPS, G, XS, false>(y, x, w, N, K, sl);
 }

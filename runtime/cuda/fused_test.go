@@ -200,3 +200,50 @@ func checkFusedCopy(t *testing.T, b *Backend, e *env, out ml.Tensor) {
 		require.Equal(t, loader.F32ToBF16(v), bits[i], "copy element %d of %v", i, v)
 	}
 }
+
+// TestFusedManyRows: warps that take many row groups, where the fused kernels carry the next
+// row group's first round of W loads across rows (gemv.cuh's qvl_gemv_rows_next): N well past
+// the grid's 2·SMs·8 warps, at K 2048 (a row is one round: every load of a warp's next row is
+// issued before the current row's sums) and at K 2088 and 2600, not multiples of 256 (a round
+// and a tail of uint4s after the carried loads), on 4 and 132 emulated SMs (64 and 2,112 warps)
+// and on the GPU. y must be bit for bit the unfused kernels'.
+func TestFusedManyRows(t *testing.T) {
+	forceGemv(t)
+	run := func(t *testing.T, b *Backend, m int) {
+		for i, k := range []int{2048, 2088, 2600} {
+			t.Run(fmt.Sprintf("norm_%dx%d", k, m), func(t *testing.T) {
+				c := normCase{1, k, m, true, ml.BF16}
+				var y []float32
+				ran := profiledKernels(t, b, func() error {
+					withFuse(true, func() { y, _, _ = runNormMatMul(t, b, c, uint64(100+i)) })
+					return nil
+				})
+				assert.Equal(t, int64(1), ran["qvl_norm_gemv"], "kernels run: %v", ran)
+				var uy []float32
+				withFuse(false, func() { uy, _, _ = runNormMatMul(t, b, c, uint64(100+i)) })
+				compare(t, "y against the unfused kernels", "exact", y, uy)
+				wy, _, _ := runNormMatMul(t, ref(), c, uint64(100+i))
+				compare(t, "y", "MatMul/bf16", y, wy)
+			})
+			t.Run(fmt.Sprintf("swiglu_%dx%d", k, m), func(t *testing.T) {
+				c := swigluCase{1, k, m}
+				var y []float32
+				ran := profiledKernels(t, b, func() error {
+					withFuse(true, func() { y, _ = runSwiGLUMatMul(t, b, c, uint64(100+i)) })
+					return nil
+				})
+				assert.Equal(t, int64(1), ran["qvl_swiglu_gemv"], "kernels run: %v", ran)
+				var uy []float32
+				withFuse(false, func() { uy, _ = runSwiGLUMatMul(t, b, c, uint64(100+i)) })
+				compare(t, "y against the unfused kernels", "exact", y, uy)
+				wy, _ := runSwiGLUMatMul(t, ref(), c, uint64(100+i))
+				compare(t, "y", "MatMul/bf16", y, wy)
+			})
+		}
+	}
+	// 4 SMs: 64 warps, ~16 rows a warp (2 reduction batches of 8); 132 SMs: 2,112 warps, 4–5
+	// rows a warp, the last group of the grid partial.
+	t.Run("sim4", func(t *testing.T) { run(t, simBackendSMs(t, 4), 1001) })
+	t.Run("sim132", func(t *testing.T) { run(t, simBackendSMs(t, 132), 9001) })
+	t.Run("gpu", func(t *testing.T) { run(t, gpuBackend(t), 151936) })
+}
