@@ -39,17 +39,7 @@ var kFoldFirst = kDecodePipeFirst + kernelID(len(decodeGroups))
 
 // foldKernel returns the folded decode instance for head size hd and group size g (the
 // smallest instantiated group ≥ g), or false when none covers them.
-func foldKernel(hd, g int) (kernelID, bool) {
-	if hd != foldHeadDim {
-		return 0, false
-	}
-	for i, gm := range decodeGroups {
-		if g <= gm {
-			return kFoldFirst + kernelID(i), true
-		}
-	}
-	return 0, false
-}
+func foldKernel(hd, g int) (kernelID, bool) { return groupKernel(kFoldFirst, foldHeadDim, hd, g) }
 
 // foldable reports whether QKVAttention runs as one folded launch: the fold is on, every one of
 // the n rows is its own sequence's single query row (a decode-only step: n = NumSeqs and

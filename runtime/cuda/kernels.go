@@ -136,11 +136,13 @@ var kernelTable = func() []kernelSpec {
 			}
 		}
 	}
-	for _, g := range decodeGroups {
-		t = append(t, kernelSpec{name: fmt.Sprintf("qvl_attn_decode_pipe_hd%d_g%d", decodePipeHeadDim, g), sig: sigDecode})
-	}
-	for _, g := range decodeGroups {
-		t = append(t, kernelSpec{name: fmt.Sprintf("qvl_attn_decode_fold_hd%d_g%d", foldHeadDim, g), sig: sigFold})
+	for _, v := range []struct {
+		kind, sig string
+		hd        int
+	}{{"pipe", sigDecode, decodePipeHeadDim}, {"fold", sigFold, foldHeadDim}} {
+		for _, g := range decodeGroups {
+			t = append(t, kernelSpec{name: fmt.Sprintf("qvl_attn_decode_%s_hd%d_g%d", v.kind, v.hd, g), sig: v.sig})
+		}
 	}
 	return t
 }()
@@ -167,12 +169,19 @@ func decodeKernel(hd, g int) (kernelID, bool) {
 // (the smallest instantiated group ≥ g), or false when none covers them (hd other than
 // decodePipeHeadDim).
 func decodePipeKernel(hd, g int) (kernelID, bool) {
-	if hd != decodePipeHeadDim {
+	return groupKernel(kDecodePipeFirst, decodePipeHeadDim, hd, g)
+}
+
+// groupKernel returns, among the decode variants instantiated for head size only (one per
+// decodeGroups entry from first on), the one for group size g (the smallest group ≥ g), or
+// false when hd is not only or no group covers g.
+func groupKernel(first kernelID, only, hd, g int) (kernelID, bool) {
+	if hd != only {
 		return 0, false
 	}
 	for i, gm := range decodeGroups {
 		if g <= gm {
-			return kDecodePipeFirst + kernelID(i), true
+			return first + kernelID(i), true
 		}
 	}
 	return 0, false
