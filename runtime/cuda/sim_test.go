@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -32,6 +34,7 @@ type simLib struct {
 	linear   func(m, n, k, bf16 int32, x, w, y uint64)
 	kcount   func() int32
 	kname    func(i int32) string
+	schedule func(mode int32, seed uint64) int32
 }
 
 var (
@@ -119,11 +122,42 @@ func buildAndLoadSim() (*simLib, string, error) {
 	for name, fp := range map[string]any{
 		"qvlsim_launch": &l.launch, "qvlsim_alloc": &l.alloc, "qvlsim_free": &l.free, "qvlsim_htod": &l.htod,
 		"qvlsim_dtoh": &l.dtoh, "qvlsim_memset32": &l.memset32, "qvlsim_linear": &l.linear,
-		"qvlsim_kernel_count": &l.kcount, "qvlsim_kernel_name": &l.kname,
+		"qvlsim_kernel_count": &l.kcount, "qvlsim_kernel_name": &l.kname, "qvlsim_set_schedule": &l.schedule,
 	} {
 		purego.RegisterLibFunc(fp, handle, name)
 	}
+	mode, seed, err := parseSimSchedule(os.Getenv("QVL_SIM_SCHEDULE"))
+	if err != nil {
+		return nil, "", err
+	}
+	if l.schedule(mode, seed) != 0 {
+		return nil, "", fmt.Errorf("the emulation refused schedule mode %d", mode)
+	}
 	return l, "", nil
+}
+
+// parseSimSchedule reads QVL_SIM_SCHEDULE: the order in which the emulation runs a block's
+// threads between synchronisation points and a grid's blocks. "" or "forward" is index order;
+// "reverse" runs them last to first; "shuffle" or "shuffle:SEED" draws a new order for every
+// round and launch. A kernel whose output changes with the schedule has a race (shared memory
+// read and written by different threads with no barrier between, lanes assumed to run in
+// step, blocks assumed to run in order); CI runs the package under all three.
+func parseSimSchedule(v string) (mode int32, seed uint64, err error) {
+	switch name, arg, hasArg := strings.Cut(v, ":"); {
+	case v == "" || v == "forward":
+		return 0, 0, nil
+	case v == "reverse":
+		return 1, 0, nil
+	case name == "shuffle":
+		seed = 1
+		if hasArg {
+			if seed, err = strconv.ParseUint(arg, 10, 64); err != nil {
+				return 0, 0, fmt.Errorf("QVL_SIM_SCHEDULE=%q: the shuffle seed is not an unsigned integer", v)
+			}
+		}
+		return 2, seed, nil
+	}
+	return 0, 0, fmt.Errorf("QVL_SIM_SCHEDULE=%q: want forward, reverse, shuffle or shuffle:SEED", v)
 }
 
 // kernels returns the names the emulation registered.

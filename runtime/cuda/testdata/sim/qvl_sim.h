@@ -10,9 +10,12 @@
 // some threads reach, a shuffle after some lanes exited, a deadlock. Atomics need no locking,
 // since fibers only switch at synchronisation points.
 //
-// What it does not check: races between threads of a block between two barriers (each fiber
-// runs to its next barrier alone, in thread order), memory visibility between blocks, and the
-// real hardware's floating-point accumulation order inside mma.sync.
+// Races between threads of a block between two barriers, and order assumptions between
+// blocks, show under the reverse and shuffle schedules (qvlsim_set_schedule, QVL_SIM_SCHEDULE
+// in the Go tests): each fiber runs to its next barrier alone, in the schedule's thread order,
+// so a read that the forward order happens to place after its write lands before it there.
+// What it does not check: memory visibility between blocks (fences), and the real hardware's
+// floating-point accumulation order inside mma.sync.
 #pragma once
 
 #include <cfloat>
@@ -112,7 +115,11 @@ void ldmatrix_x4(unsigned* r, const void* row_addr);
 #define __host__
 #define __forceinline__ inline
 #define __noinline__ __attribute__((noinline))
-#define __shared__ static
+// __shared__ variables are function-local statics, all placed in the section qvl_smem, which
+// the scheduler poisons (0xff bytes) before every block as it does dynamic shared memory: CUDA
+// leaves shared memory uninitialised, and a static would otherwise hand a block the values of
+// the block before it, hiding a read before the block's own write.
+#define __shared__ static __attribute__((section("qvl_smem")))
 #define __restrict__ __restrict
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)

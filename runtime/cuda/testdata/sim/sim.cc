@@ -14,7 +14,11 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
+
+// The bounds of the section that holds every __shared__ variable (qvl_sim.h), from the linker.
+extern "C" unsigned char __start_qvl_smem[], __stop_qvl_smem[];
 
 namespace qvlsim {
 
@@ -63,6 +67,32 @@ void** g_params;
 long g_events;  // arrivals, releases and exits: progress made by the block
 std::string g_error;
 std::vector<unsigned char> g_dyn;
+
+// The schedule (qvlsim_set_schedule): the order in which the scheduler resumes a block's
+// fibers in each round, and runs a grid's blocks. Forward is index order. Reverse and shuffle
+// change which thread reaches a point first between two synchronisation points, so a kernel
+// whose result depends on that order — a read of shared memory that another thread writes
+// with no barrier between them, a warp that relies on its lanes running in step without
+// __syncwarp, a block that assumes an earlier block ran first — gives a different answer (or
+// reads poisoned memory) under one of them, where on a GPU it would be a race.
+enum { kForward = 0, kReverse = 1, kShuffle = 2 };
+int g_sched_mode = kForward;
+uint64_t g_sched_rng = 1;
+
+uint64_t sched_next() {  // splitmix64
+    uint64_t z = (g_sched_rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+// sched_order fills ord with 0..n-1 in the schedule's order.
+void sched_order(std::vector<int>& ord, int n) {
+    ord.resize(n);
+    for (int i = 0; i < n; i++) ord[i] = g_sched_mode == kReverse ? n - 1 - i : i;
+    if (g_sched_mode == kShuffle)
+        for (int i = n - 1; i > 0; i--) std::swap(ord[i], ord[(int)(sched_next() % (uint64_t)(i + 1))]);
+}
 
 void fail(const std::string& msg) {
     if (g_error.empty()) g_error = msg;
@@ -368,8 +398,9 @@ bool run_block() {
     }
     g_block_bar = Barrier{};
     cp_reset(n);  // embed.cu's primitives
-    // CUDA leaves dynamic shared memory uninitialised: poison it so that reads before writes show.
+    // CUDA leaves shared memory uninitialised: poison it so that reads before writes show.
     std::memset(g_dyn.data(), 0xff, g_dyn.size());
+    std::memset(__start_qvl_smem, 0xff, (size_t)(__stop_qvl_smem - __start_qvl_smem));
     for (int i = 0; i < n; i++) {
         Fiber& f = g_fibers[i];
         if (!f.stack) f.stack = static_cast<char*>(std::malloc(kStack));
@@ -383,9 +414,12 @@ bool run_block() {
         f.ctx.uc_link = nullptr;
         makecontext(&f.ctx, fiber_main, 0);
     }
+    static std::vector<int> ord;
     while (g_live > 0) {
         const long before = g_events;
-        for (int i = 0; i < n; i++) {
+        sched_order(ord, n);
+        for (int k = 0; k < n; k++) {
+            const int i = ord[k];
             if (g_fibers[i].done) continue;
             g_cur = i;
             g_tid = &g_fibers[i].tid;
@@ -424,12 +458,23 @@ void* launch_thread(void* p) {
     g_dyn.assign(a->smem + 16, 0);
     g_error.clear();
     a->ok = 1;
-    for (unsigned z = 0; z < a->grid[2] && a->ok; z++)
-        for (unsigned y = 0; y < a->grid[1] && a->ok; y++)
-            for (unsigned x = 0; x < a->grid[0] && a->ok; x++) {
-                g_bid = {x, y, z};
-                if (!run_block()) a->ok = 0;
-            }
+    const long nb = (long)a->grid[0] * a->grid[1] * a->grid[2];
+    if (g_sched_mode == kForward || nb > (1l << 24)) {
+        for (unsigned z = 0; z < a->grid[2] && a->ok; z++)
+            for (unsigned y = 0; y < a->grid[1] && a->ok; y++)
+                for (unsigned x = 0; x < a->grid[0] && a->ok; x++) {
+                    g_bid = {x, y, z};
+                    if (!run_block()) a->ok = 0;
+                }
+        return nullptr;
+    }
+    std::vector<int> blocks;
+    sched_order(blocks, (int)nb);
+    for (long k = 0; k < nb && a->ok; k++) {
+        const unsigned b = (unsigned)blocks[k];
+        g_bid = {b % a->grid[0], (b / a->grid[0]) % a->grid[1], b / (a->grid[0] * a->grid[1])};
+        if (!run_block()) a->ok = 0;
+    }
     return nullptr;
 }
 
@@ -472,6 +517,16 @@ int qvlsim_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsig
     pthread_join(th, nullptr);
     pthread_attr_destroy(&attr);
     if (!a.ok) return report(std::string(name) + ": " + g_error);
+    return 0;
+}
+
+// qvlsim_set_schedule chooses the order of threads and blocks (0 forward, 1 reverse, 2 a
+// shuffle drawn from seed, new in every round and launch); it returns -1 for an unknown mode.
+int qvlsim_set_schedule(int mode, uint64_t seed) {
+    using namespace qvlsim;
+    if (mode < kForward || mode > kShuffle) return -1;
+    g_sched_mode = mode;
+    g_sched_rng = seed;
     return 0;
 }
 
