@@ -150,7 +150,10 @@ if have qvl verify; then
 	fi
 fi
 if have cuda.test bench; then
-	step bench 200 "$root/runtime/cuda" env QVL_BENCH=1 QVL_BENCH_OUT="$out/bench.json" QVL_SYNTH_2B="$synthdir" \
+	# QVL_BENCH_ABLATE=1: the default run also times the decode steps under each setting of the
+	# opt-ins it can switch in process (ablate_test.go: each alone, all but one, all), so that
+	# one run says what each is worth.
+	step bench 200 "$root/runtime/cuda" env QVL_BENCH=1 QVL_BENCH_ABLATE=1 QVL_BENCH_OUT="$out/bench.json" QVL_SYNTH_2B="$synthdir" \
 		"$bin/cuda.test" -test.v -test.timeout 190s -test.run 'TestGPUBenchmark'
 	# The opt-in paths not yet measured on a GPU (fused decode kernels, split sampling rows,
 	# cuBLASLt tuning, pipelined decode attention, qkv folded into decode attention): the goldens, the 2B end to end and the

@@ -105,6 +105,9 @@ type benchSizes struct {
 	sampleRows, vocab                       int
 	projNe, projD, projHid, projK           int
 	reps                                    int
+	// ablateSteps, when positive, runs the ablation of the opt-ins (ablate_test.go) with that
+	// many timed steps per setting and batch.
+	ablateSteps int
 }
 
 // issue6 are the sizes of issue 6's targets.
@@ -124,19 +127,26 @@ func TestGPUBenchmark(t *testing.T) {
 		t.Skip("set QVL_BENCH=1 to run the GPU benchmark")
 	}
 	b := gpuBackend(t)
-	runBenchmark(t, b, synth2B(t), synth.Shapes["qwen3-vl-2b"], issue6)
+	sz := issue6
+	if ablateWanted() {
+		sz.ablateSteps = sz.decodeSteps
+	}
+	runBenchmark(t, b, synth2B(t), synth.Shapes["qwen3-vl-2b"], sz)
 }
 
 // TestBenchmarkCodeSim runs the benchmark's code on the CPU emulation with a tiny synthetic
 // model and small sizes, so that the GPU run does not discover its bugs.
 func TestBenchmarkCodeSim(t *testing.T) {
 	skipShortSim(t, false)
+	if v := os.Getenv("QVL_SIM_SCHEDULE"); v != "" && v != "forward" {
+		t.Skip("the benchmark's host code is checked under the forward schedule; the op tests check the kernels under QVL_SIM_SCHEDULE=" + v)
+	}
 	b := simBackend(t)
 	shape := synth.Shapes["tiny"]
 	dir := filepath.Join(t.TempDir(), "tiny")
 	require.NoError(t, synth.Write(dir, shape, synth.Options{Seed: 2}))
-	runBenchmark(t, b, dir, shape, benchSizes{seqs: 4, ctx: 20, bs: 4, prefillSeqs: 1, decodeSteps: 2, sampleRows: 2,
-		vocab: 3001, projNe: 3, projD: 48, projHid: 96, projK: 2, reps: 2})
+	runBenchmark(t, b, dir, shape, benchSizes{seqs: 4, ctx: 20, bs: 4, prefillSeqs: 1, decodeSteps: 6, sampleRows: 2,
+		vocab: 3001, projNe: 3, projD: 48, projHid: 96, projK: 2, reps: 2, ablateSteps: 1})
 }
 
 // profSteps is the number of profiled batch-1 decode steps (eager) for the kernel breakdown.
@@ -164,7 +174,9 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 		}
 		m, err := model.Open(be, dir, model.Options{})
 		require.NoError(t, err)
-		perSeq := (ctx + 2*decodeSteps + 8 + 2*profSteps + bs - 1) / bs
+		// Sequence 0 is in both decode batches: each runs 3 warm-up steps, the timed steps,
+		// and the graphs' busy-time steps or the eager profile's steps. The ablation rewinds.
+		perSeq := (ctx+2*(3+2*decodeSteps+profSteps)+bs-1)/bs + 1
 		require.NoError(t, m.InitCache(seqs*perSeq, bs))
 		r := rand.New(rand.NewPCG(9, 9))
 		all := make([]*seqState, seqs)
@@ -269,6 +281,9 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 				rep.add(fmt.Sprintf("decode batch %d, context %d (%s)", seqs, ctx, label), float64(batch*decodeSteps)/el.Seconds(), "tok/s", "≥ 20,000 tok/s",
 					fmt.Sprintf("%.0f tok/s (weights + %.1f GB KV per step at 3.0 TB/s)", float64(seqs)/((weightBytes+kv)/h100CopyBytesPerSec), kv/1e9))
 			}
+		}
+		if graphs && sz.ablateSteps > 0 {
+			ablate(t, b, m, rep, all, bs, sz.ablateSteps)
 		}
 		captures, replays := m.GraphStats()
 		if graphs {

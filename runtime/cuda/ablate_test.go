@@ -1,0 +1,183 @@
+package cuda
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qvl-dev/qvl/runtime/ml"
+	"github.com/qvl-dev/qvl/runtime/model"
+	"github.com/stretchr/testify/require"
+)
+
+// The benchmark's ablation (QVL_BENCH_ABLATE=1): the decode steps at batch 1 and batch N timed
+// once per combination of the opt-in switches that the process can flip, in one process on one
+// model, so that one GPU run says what each switch is worth alone and what the others lose
+// without it — where a run per setting would pay the driver's PTX compile and the weights'
+// upload each time, and measuring them only all together could not tell them apart.
+// QVL_CUDA_PDL chooses the kernels' modules when the backend opens, so it keeps its own run
+// (scripts/gpu-check.sh's bench-pdl).
+
+// optinSwitch is one opt-in of the CUDA backend that the ablation flips.
+type optinSwitch struct {
+	name string // its environment variable
+	get  func() bool
+	set  func(on bool)
+}
+
+// optinSwitches are the switches in the order the ablation adds them. The cuBLASLt tuning is
+// last: a tuned shape keeps its algorithm in the plan cache, so it cannot be turned off again.
+var optinSwitches = []optinSwitch{
+	{envFuse, func() bool { return !fuseOff.Load() }, func(on bool) { fuseOff.Store(!on) }},
+	{envSampleSplit, sampleSplitOn.Load, sampleSplitOn.Store},
+	{envAttnPipe, attnPipeOn.Load, attnPipeOn.Store},
+	{envQKVFold, qkvFoldOn.Load, qkvFoldOn.Store},
+	{envTune, func() bool { return !tuneOff.Load() }, func(on bool) { tuneOff.Store(!on) }},
+}
+
+// ablationConfigs lists the settings the ablation times: the defaults (every switch off), each
+// switch alone, every switch but the tuning, every switch but one of them, then the tuning alone and
+// everything (the tuning, once on, stays on). Each is the set of switches on, by name.
+func ablationConfigs() [][]string {
+	var names []string
+	for _, s := range optinSwitches {
+		names = append(names, s.name)
+	}
+	untuned := names[:len(names)-1]
+	configs := [][]string{{}}
+	for _, n := range untuned {
+		configs = append(configs, []string{n})
+	}
+	configs = append(configs, untuned)
+	for i := range untuned {
+		var but []string
+		for j, n := range untuned {
+			if j != i {
+				but = append(but, n)
+			}
+		}
+		configs = append(configs, but)
+	}
+	return append(configs, []string{envTune}, names)
+}
+
+// ablationLabel names a setting for the report: "defaults", "all opt-ins", "all but X, Y"
+// for the settings that leave out one or two switches, else the switches on, each with a "+".
+func ablationLabel(on []string) string {
+	if len(on) == 0 {
+		return "defaults"
+	}
+	var off []string
+	for _, s := range optinSwitches {
+		if !slices.Contains(on, s.name) {
+			off = append(off, s.name)
+		}
+	}
+	switch {
+	case len(off) == 0:
+		return "all opt-ins"
+	case len(off) <= 2 && len(on) > 1:
+		return "all but " + strings.Join(off, ", ")
+	}
+	return "+" + strings.Join(on, " +")
+}
+
+// ablate times decode steps of m at batch 1 and batch len(all) under each setting of
+// ablationConfigs. Every timing starts from the sequences' lengths at entry (the steps
+// overwrite the same cache slots), so each setting decodes over the same contexts. The
+// switches are restored on return.
+func ablate(t *testing.T, b *Backend, m *model.Model, rep *benchReport, all []*seqState, bs, steps int) {
+	saved := make([]bool, len(optinSwitches))
+	for i, s := range optinSwitches {
+		saved[i] = s.get()
+	}
+	defer func() {
+		for i, s := range optinSwitches {
+			s.set(saved[i])
+		}
+		b.DropGraphs()
+	}()
+	lens := make([]int, len(all))
+	for i, s := range all {
+		lens[i] = s.n
+	}
+	rewind := func() {
+		for i, s := range all {
+			s.n = lens[i]
+		}
+	}
+	r := rand.New(rand.NewPCG(11, 11))
+	greedy := func(n int) []ml.SampleParams { return make([]ml.SampleParams, n) }
+	fmt.Printf("BENCH | ablation: decode steps (graphs) per setting of the opt-ins, from the same contexts\n")
+	var base [2]float64
+	for ci, on := range ablationConfigs() {
+		for _, s := range optinSwitches {
+			s.set(slices.Contains(on, s.name))
+		}
+		b.DropGraphs()
+		label := ablationLabel(on)
+		for bi, batch := range []int{1, len(all)} {
+			rewind()
+			for w := 0; w < 3; w++ { // the first captures the graph (and tunes, when on)
+				_, err := m.ForwardSample(textBatch(r, all[:batch], 1, bs), greedy(batch))
+				require.NoError(t, err, label)
+			}
+			rewind()
+			start := time.Now()
+			for s := 0; s < steps; s++ {
+				_, err := m.ForwardSample(textBatch(r, all[:batch], 1, bs), greedy(batch))
+				require.NoError(t, err, label)
+			}
+			el := time.Since(start)
+			var v float64
+			var unit, cmp string
+			if batch == 1 {
+				v, unit = el.Seconds()*1e3/float64(steps), "ms/tok"
+			} else {
+				v, unit = float64(batch*steps)/el.Seconds(), "tok/s"
+			}
+			if ci == 0 {
+				base[bi] = v
+				cmp = "the baseline of this table"
+			} else {
+				cmp = fmt.Sprintf("%+.1f%% against the defaults", 100*(v/base[bi]-1))
+			}
+			rep.add(fmt.Sprintf("  ablation b=%d: %s", batch, label), v, unit, "", cmp)
+		}
+	}
+	rewind()
+}
+
+// TestAblationConfigs checks the settings' list: the defaults first, every switch alone,
+// the tuning only after every untuned setting, and no setting twice.
+func TestAblationConfigs(t *testing.T) {
+	cs := ablationConfigs()
+	require.Empty(t, cs[0])
+	seen := map[string]bool{}
+	tuned := false
+	alone := map[string]bool{}
+	for _, c := range cs {
+		label := ablationLabel(c)
+		require.False(t, seen[label], "setting %q twice", label)
+		seen[label] = true
+		hasTune := slices.Contains(c, envTune)
+		require.False(t, tuned && !hasTune, "%q runs after the tuning was turned on", label)
+		tuned = tuned || hasTune
+		if len(c) == 1 {
+			alone[c[0]] = true
+		}
+	}
+	for _, s := range optinSwitches {
+		require.True(t, alone[s.name], "%s is never timed alone", s.name)
+		require.True(t, s.name == envTune || seen["all but "+s.name+", "+envTune], "%s is never left out of the rest", s.name)
+	}
+	require.Equal(t, "all opt-ins", ablationLabel(cs[len(cs)-1]))
+	require.Equal(t, 2+2*(len(optinSwitches)-1)+2, len(cs))
+}
+
+// ablateWanted reports whether the benchmark runs the ablation.
+func ablateWanted() bool { return os.Getenv("QVL_BENCH_ABLATE") == "1" }
