@@ -6,7 +6,7 @@ KERNELS := $(wildcard kernels/*.cu)
 PTX := $(KERNELS:.cu=.ptx)
 PDL_PTX := $(patsubst kernels/%.cu,kernels/pdl/%.ptx,$(KERNELS))
 
-.PHONY: help build test vet run bench kernels check-kernels kernel-resources gpu-binaries gpu-check perf-page perf clean
+.PHONY: help build test vet run bench kernels check-kernels kernel-resources gpu-binaries gpu-preflight gpu-check perf-page perf clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -51,6 +51,9 @@ gpu-binaries: ## build build/gpu/ (qvl and GPU test binaries, stripped to travel
 	$(GO) test -c -ldflags='-s -w' -o build/gpu/cublasb.test ./bindings/cublas
 	git describe --always --dirty > build/gpu/COMMIT 2>/dev/null || echo unknown > build/gpu/COMMIT
 	tar -C build -czf build/gpu.tar.gz gpu
+
+gpu-preflight: ## the GPU halves of runtime/cuda's tests, at their GPU sizes, on the CPU emulation (QVL_SIM_AS_GPU=1; ~5 min on 2 cores): before spending device time
+	cd runtime/cuda && QVL_SIM_AS_GPU=1 QVL_SKIP_SIM=1 $(GO) test -count=1 -timeout 30m -skip 'TestGPUAttentionShapes|TestGPUEmbedShapes|TestGPUSynth2B' .
 
 gpu-check: gpu-binaries ## run every GPU check (on a machine with a GPU; logs in build/gpu-check)
 	scripts/gpu-check.sh build/gpu-check

@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -39,10 +40,35 @@ func TestMain(m *testing.M) {
 // gpuBackend returns the shared backend on GPU 0, or skips the test with the reason there is none.
 func gpuBackend(t testing.TB) *Backend {
 	t.Helper()
+	if os.Getenv("QVL_SIM_AS_GPU") == "1" {
+		return simAsGPU(t)
+	}
 	if err := Available(); err != nil {
 		t.Skipf("no GPU: %v", err)
 	}
 	gpuOnce.Do(func() { gpuB, gpuErr = Open(Options{}) })
+	require.NoError(t, gpuErr)
+	return gpuB
+}
+
+// simAsGPU is gpuBackend under QVL_SIM_AS_GPU=1: one backend on the emulation of a device of
+// the H100's 132 multiprocessors, so that the GPU halves of the tests — their GPU-sized
+// shapes, the code that only their GPU runs reach — run here before a GPU run finds their bugs
+// (slowly: minutes; not in CI). Tests of the driver itself (bindings, PDL launches, cuBLASLt
+// tuning) still need the GPU.
+func simAsGPU(t testing.TB) *Backend {
+	t.Helper()
+	gpuOnce.Do(func() {
+		lib, skip, err := loadSim()
+		switch {
+		case err != nil:
+			gpuErr = err
+		case skip != "":
+			gpuErr = errors.New(skip)
+		default:
+			gpuB, gpuErr = newBackend(newSimDevice(lib, 132))
+		}
+	})
 	require.NoError(t, gpuErr)
 	return gpuB
 }
