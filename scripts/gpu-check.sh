@@ -135,7 +135,7 @@ have() {
 have cudab.test bindings-cuda && step bindings-cuda 90 "$root/bindings/cuda" "$bin/cudab.test" -test.v -test.timeout 80s
 have cublasb.test bindings-cublas && step bindings-cublas 90 "$root/bindings/cublas" "$bin/cublasb.test" -test.v -test.timeout 80s
 have cuda.test ops && step ops 150 "$root/runtime/cuda" "$bin/cuda.test" -test.v -test.timeout 140s \
-	-test.run 'TestKernelTable|TestOp|TestBF16Copy|TestTopK|TestSample|TestVerifyGoldens|TestGraphDecodeMatchesEager|TestFused|TestGemv|TestGPUPDL'
+	-test.run 'TestKernelTable|TestOp|TestBF16Copy|TestTopK|TestSample|TestVerifyGoldens|TestGraphDecodeMatchesEager|TestFused|TestGemv|TestSkinny|TestGPUPDL'
 golden=$root/testdata/goldens/qwen3vl-tiny-a
 if have qvl verify; then
 	step verify 60 "$root" "$bin/qvl" verify --backend cuda --goldens "$golden"
@@ -156,9 +156,9 @@ if have cuda.test bench; then
 	step bench 200 "$root/runtime/cuda" env QVL_BENCH=1 QVL_BENCH_ABLATE=1 QVL_BENCH_OUT="$out/bench.json" QVL_SYNTH_2B="$synthdir" \
 		"$bin/cuda.test" -test.v -test.timeout 190s -test.run 'TestGPUBenchmark'
 	# The opt-in paths not yet measured on a GPU (fused decode kernels, split sampling rows,
-	# cuBLASLt tuning, pipelined decode attention, qkv folded into decode attention): the goldens, the 2B end to end and the
+	# cuBLASLt tuning, pipelined decode attention, qkv folded into decode attention, qvl_gemm_skinny): the goldens, the 2B end to end and the
 	# benchmark again with them on. When these pass and beat the rows above, make them the default.
-	optin=(env QVL_CUDA_FUSE=1 QVL_CUDA_SAMPLE_SPLIT=1 QVL_CUBLASLT_TUNE=1 QVL_CUDA_ATTN_PIPE=1 QVL_CUDA_QKV_FOLD=1)
+	optin=(env QVL_CUDA_FUSE=1 QVL_CUDA_SAMPLE_SPLIT=1 QVL_CUBLASLT_TUNE=1 QVL_CUDA_ATTN_PIPE=1 QVL_CUDA_QKV_FOLD=1 QVL_CUDA_SKINNY=1)
 	step verify-optin 60 "$root" "${optin[@]}" "$bin/qvl" verify --backend cuda --goldens "$golden"
 	step bench-optin 200 "$root/runtime/cuda" "${optin[@]}" QVL_BENCH=1 QVL_BENCH_OUT="$out/bench-optin.json" \
 		QVL_SYNTH_2B="$synthdir" "$bin/cuda.test" -test.v -test.timeout 190s -test.run 'TestGPUBenchmark'

@@ -36,6 +36,7 @@ var optinSwitches = []optinSwitch{
 	{envSampleSplit, sampleSplitOn.Load, sampleSplitOn.Store},
 	{envAttnPipe, attnPipeOn.Load, attnPipeOn.Store},
 	{envQKVFold, qkvFoldOn.Load, qkvFoldOn.Store},
+	{envSkinny, skinnyOn.Load, skinnyOn.Store},
 	{envTune, func() bool { return !tuneOff.Load() }, func(on bool) { tuneOff.Store(!on) }},
 }
 
@@ -86,11 +87,11 @@ func ablationLabel(on []string) string {
 	return "+" + strings.Join(on, " +")
 }
 
-// ablate times decode steps of m at batch 1 and batch len(all) under each setting of
-// ablationConfigs. Every timing starts from the sequences' lengths at entry (the steps
+// ablate times decode steps of m at batch 1 and batch len(all) under each setting of configs
+// (ablationConfigs on a GPU; the first must be the defaults). Every timing starts from the sequences' lengths at entry (the steps
 // overwrite the same cache slots), so each setting decodes over the same contexts. The
 // switches are restored on return.
-func ablate(t *testing.T, b *Backend, m *model.Model, rep *benchReport, all []*seqState, bs, steps int) {
+func ablate(t *testing.T, b *Backend, m *model.Model, rep *benchReport, all []*seqState, bs, steps int, configs [][]string) {
 	saved := make([]bool, len(optinSwitches))
 	for i, s := range optinSwitches {
 		saved[i] = s.get()
@@ -114,7 +115,7 @@ func ablate(t *testing.T, b *Backend, m *model.Model, rep *benchReport, all []*s
 	greedy := func(n int) []ml.SampleParams { return make([]ml.SampleParams, n) }
 	fmt.Printf("BENCH | ablation: decode steps (graphs) per setting of the opt-ins, from the same contexts\n")
 	var base [2]float64
-	for ci, on := range ablationConfigs() {
+	for ci, on := range configs {
 		for _, s := range optinSwitches {
 			s.set(slices.Contains(on, s.name))
 		}

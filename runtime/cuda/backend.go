@@ -119,6 +119,7 @@ type Backend struct {
 	topkK, topkIDs, topkVals, params, sampled                  scratch
 	sampleDone, sampleWork                                     scratch
 	fusedCnt                                                   scratch // qvl_norm_gemv's block counter (fused.go; zero between launches)
+	skinnyPart, skinnyCnt                                      scratch // qvl_gemm_skinny's split-K partials and tile counters (skinny.go; the counters zero between launches)
 }
 
 // Open opens GPU o.Device with its own stream, cuBLASLt handle and the embedded kernels.

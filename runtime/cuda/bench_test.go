@@ -108,6 +108,7 @@ type benchSizes struct {
 	// ablateSteps, when positive, runs the ablation of the opt-ins (ablate_test.go) with that
 	// many timed steps per setting and batch.
 	ablateSteps int
+	ablateQuick bool // only a few settings (the emulation)
 }
 
 // issue6 are the sizes of issue 6's targets.
@@ -146,7 +147,7 @@ func TestBenchmarkCodeSim(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "tiny")
 	require.NoError(t, synth.Write(dir, shape, synth.Options{Seed: 2}))
 	runBenchmark(t, b, dir, shape, benchSizes{seqs: 4, ctx: 20, bs: 4, prefillSeqs: 1, decodeSteps: 6, sampleRows: 2,
-		vocab: 3001, projNe: 3, projD: 48, projHid: 96, projK: 2, reps: 2, ablateSteps: 1})
+		vocab: 3001, projNe: 3, projD: 48, projHid: 96, projK: 2, reps: 2, ablateSteps: 1, ablateQuick: true})
 }
 
 // profSteps is the number of profiled batch-1 decode steps (eager) for the kernel breakdown.
@@ -283,7 +284,13 @@ func runBenchmark(t *testing.T, b *Backend, dir string, shape synth.Shape, sz be
 			}
 		}
 		if graphs && sz.ablateSteps > 0 {
-			ablate(t, b, m, rep, all, bs, sz.ablateSteps)
+			configs := ablationConfigs()
+			if sz.ablateQuick {
+				// The emulation checks the ablation's code on three settings: its mma.sync is
+				// slow, and qvl_gemm_skinny would take minutes.
+				configs = [][]string{{}, {envFuse}, {envTune}}
+			}
+			ablate(t, b, m, rep, all, bs, sz.ablateSteps, configs)
 		}
 		captures, replays := m.GraphStats()
 		if graphs {
@@ -432,12 +439,13 @@ func printProfile(title string, prof []ml.OpTime, steps int) (time.Duration, flo
 
 // gemmShapes times the GEMMs of one decoder layer and the LM head (vocab rows) of shape (bf16
 // weights, x already bf16 as in a decode step), reps times each, against their weight bytes at
-// 3.0 TB/s: at 1, 4 and 8 rows with qvl_gemv (what MatMul runs there) and with cuBLASLt beside
-// it (QVL_CUDA_GEMV=0's path), and at 64 rows with cuBLASLt.
+// 3.0 TB/s: at 1 row with qvl_gemv (what MatMul runs there), at 1, 4, 8, 16 and 64 rows with
+// cuBLASLt (QVL_CUDA_GEMV=0's path), and at 4 to 64 rows with qvl_gemm_skinny (QVL_CUDA_SKINNY=1's).
 func gemmShapes(t *testing.T, b *Backend, rep *benchReport, shape synth.Shape, vocab, reps int) {
 	h, hd := shape.Hidden, shape.HeadDim
 	e := newEnv(t, b)
 	defer gemvOff.Store(gemvOff.Load())
+	defer skinnyOn.Store(skinnyOn.Load())
 	for _, g := range []struct {
 		name string
 		m, k int
@@ -451,20 +459,25 @@ func gemmShapes(t *testing.T, b *Backend, rep *benchReport, shape synth.Shape, v
 		w, err := b.Weight(ml.BF16, []int{g.m, g.k}, make([]byte, 2*g.m*g.k)) // values do not change a GEMM's time
 		require.NoError(t, err)
 		floor := float64(2*g.m*g.k) / h100CopyBytesPerSec
-		for _, n := range []int{1, 4, 8, 64} {
+		for _, n := range []int{1, 4, 8, 16, 64} {
 			x := e.in(ml.F32, make([]float32, n*g.k), n, g.k)
 			y := e.out(ml.F32, n, g.m)
 			// A producer's bf16 copy of x, as in a decode step: time the GEMM alone.
 			nw := e.weight(ml.F32, make([]float32, g.k), g.k)
 			require.NoError(t, b.RMSNorm(x, x, nw, 1e-6))
-			for _, gemv := range []bool{true, false} {
-				if gemv && n > gemvMaxRows {
+			for _, kind := range []string{"gemv", "cublas", "skinny"} {
+				if kind == "gemv" && n > gemvMaxRows || kind == "skinny" && !b.useSkinnyShape(n, g.k) {
 					continue
 				}
-				gemvOff.Store(!gemv)
+				gemvOff.Store(kind != "gemv")
+				skinnyOn.Store(kind == "skinny")
 				name, label := "cublasLt gemm bf16", "cuBLASLt"
-				if gemv {
+				switch kind {
+				case "gemv":
 					name, label = fmt.Sprintf("qvl_gemv_m%d", n), "qvl_gemv"
+				case "skinny":
+					name = kernelTable[must(skinnyKernel(n))].name
+					label = fmt.Sprintf("qvl_gemm_skinny, S %d", skinnySplit(g.m, g.k, b.info.sms))
 				}
 				require.NoError(t, b.MatMul(y, x, w)) // warm-up: cuBLASLt's plan
 				b.ResetProfile()

@@ -67,10 +67,14 @@ func (b *Backend) gemv(rows, m, k int, x, w, y uintptr) error {
 }
 
 // matmulBF16 queues y[rows, m] = x[rows, k]·w[m, k]ᵀ for a bf16 x and w: qvl_gemv for up to
-// gemvMaxRows rows, cuBLASLt otherwise. Run inside do.
+// gemvMaxRows rows, qvl_gemm_skinny for 2 to 64 when it is on (skinny.go), cuBLASLt
+// otherwise. Run inside do.
 func (b *Backend) matmulBF16(rows, m, k int, x, w, y uintptr) error {
 	if useGemv(rows) {
 		return b.gemv(rows, m, k, x, w, y)
+	}
+	if b.useSkinny(rows, k, x, w) {
+		return b.skinny(rows, m, k, x, w, y)
 	}
 	return b.linear(rows, m, k, true, x, w, y)
 }

@@ -18,9 +18,13 @@ import (
 func init() { tolerances["MatMul/gemv"] = tol{1e-5, 1e-4} }
 
 // bf16MatMulKernel is the name the profiler gives the kernel of a bf16 MatMul with rows x rows.
+// (K a multiple of 64 and 16-byte aligned operands, as the tests' are, for qvl_gemm_skinny).
 func bf16MatMulKernel(rows int) string {
 	if useGemv(rows) {
 		return fmt.Sprintf("qvl_gemv_m%d", rows)
+	}
+	if skinnyOn.Load() && rows >= skinnyMinRows && rows <= skinnyMaxRows {
+		return kernelTable[must(skinnyKernel(rows))].name
 	}
 	return "cublasLt gemm bf16"
 }

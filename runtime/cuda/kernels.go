@@ -46,8 +46,11 @@ const (
 	kGemv6
 	kGemv7
 	kGemv8
-	kNormGemv    // qvl_norm_gemv (fused.go)
-	kSwiGLUGemv  // qvl_swiglu_gemv (fused.go)
+	kNormGemv   // qvl_norm_gemv (fused.go)
+	kSwiGLUGemv // qvl_swiglu_gemv (fused.go)
+	kSkinny16   // qvl_gemm_skinny_m16, m32, m64 (skinny.go)
+	kSkinny32
+	kSkinny64
 	kDecodeFirst // the decode instances follow (decodeHeadDims × decodeGroups), then the pipelined and the folded ones
 )
 
@@ -84,6 +87,7 @@ const (
 	sigFold    = sigDecode + "ppippppf" // qvl_attn_decode_fold_*: then qn, kn, flags, pos, slots, inv_freq, axis, eps
 	sigPrefill = "ppppppppiiiiifp"
 	sigEmbed   = "piippippipppiiiiippppipppp"
+	sigSkinny  = "pppppiiii"
 )
 
 // embedSmem is qvl_embed's dynamic shared memory when it projects custom embeddings
@@ -128,6 +132,9 @@ var kernelTable = func() []kernelSpec {
 		kGemv8:       {name: "qvl_gemv_m8", sig: "pppii"},
 		kNormGemv:    {name: "qvl_norm_gemv", sig: "ppppppipiifp"},
 		kSwiGLUGemv:  {name: "qvl_swiglu_gemv", sig: "pppppii"},
+		kSkinny16:    {name: "qvl_gemm_skinny_m16", sig: sigSkinny, smem: func(int) int { return skinnySmem(1) }, optional: true},
+		kSkinny32:    {name: "qvl_gemm_skinny_m32", sig: sigSkinny, smem: func(int) int { return skinnySmem(2) }, optional: true},
+		kSkinny64:    {name: "qvl_gemm_skinny_m64", sig: sigSkinny, smem: func(int) int { return skinnySmem(4) }, optional: true},
 	}
 	for _, hd := range decodeHeadDims {
 		for _, g := range decodeGroups {

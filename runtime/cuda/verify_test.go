@@ -23,20 +23,50 @@ func (w logWriter) Write(p []byte) (int, error) {
 // text, image embeddings with DeepStack, custom embeddings through the projector) through the
 // engine on the CUDA backend: relative L2 error of the logits ≤ 2e-2, as `qvl verify --backend
 // cuda` checks. The second run's small step budget forces chunked prefill over cached prefixes.
+// Both run again with every opt-in switch on.
 func TestVerifyGoldens(t *testing.T) {
 	root, err := repoRoot()
 	require.NoError(t, err)
 	dir := filepath.Join(root, "testdata", "goldens", "qwen3vl-tiny-a")
 	forEachCUDA(t, func(t *testing.T, b *Backend, gpu bool) {
 		skipShortSim(t, gpu)
-		for _, budget := range []int{0, 8} {
-			res, err := verify.Run(context.Background(), dir, b, verify.Options{MaxAbs: -1, MaxRelL2: 2e-2,
-				MaxNumBatchedTokens: budget, Out: logWriter{t}})
-			require.NoError(t, err)
-			require.NotEmpty(t, res)
-			for _, r := range res {
-				assert.True(t, r.Pass, "budget %d: %s", budget, r.Line())
-				assert.LessOrEqual(t, r.RelL2, 2e-2, "budget %d: %s", budget, r.Name)
+		for _, optins := range []bool{false, true} {
+			if optins {
+				// Every opt-in switch on (ablate_test.go's list: the fused decode GEMVs, split
+				// sampling rows, pipelined and folded decode attention, qvl_gemm_skinny, cuBLASLt
+				// tuning), as scripts/gpu-check.sh's verify-optin runs them.
+				saved := make([]bool, len(optinSwitches))
+				for i, s := range optinSwitches {
+					saved[i] = s.get()
+					s.set(true)
+				}
+				b.DropGraphs()
+				b.ResetProfile()
+				b.SetProfiling(true)
+				defer func() {
+					// The batched decode steps of the goldens' requests took the opt-in GEMM.
+					prof := b.Profile()
+					b.SetProfiling(false)
+					ran := map[string]bool{}
+					for _, o := range prof {
+						ran[o.Name] = o.Calls > 0
+					}
+					assert.True(t, ran["qvl_gemm_skinny_m16"], "the opt-in run never launched qvl_gemm_skinny_m16: %v", ran)
+					for i, s := range optinSwitches {
+						s.set(saved[i])
+					}
+					b.DropGraphs()
+				}()
+			}
+			for _, budget := range []int{0, 8} {
+				res, err := verify.Run(context.Background(), dir, b, verify.Options{MaxAbs: -1, MaxRelL2: 2e-2,
+					MaxNumBatchedTokens: budget, Out: logWriter{t}})
+				require.NoError(t, err)
+				require.NotEmpty(t, res)
+				for _, r := range res {
+					assert.True(t, r.Pass, "opt-ins %v, budget %d: %s", optins, budget, r.Line())
+					assert.LessOrEqual(t, r.RelL2, 2e-2, "opt-ins %v, budget %d: %s", optins, budget, r.Name)
+				}
 			}
 		}
 	})

@@ -9,6 +9,7 @@
 #include "qkv.cu"
 #include "rows.cu"
 #include "sampling.cu"
+#include "skinny.cu"  // qvl_gemm_skinny_m16/32/64 (batched decode GEMMs on tensor cores, split K)
 
 // Probes of TestSimScheduleFindsRaces: kernels with the races that the emulation's reverse and
 // shuffle schedules must expose (qvlsim_set_schedule). They are not qvl kernels: the backend's
