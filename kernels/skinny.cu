@@ -140,21 +140,10 @@ __device__ __forceinline__ void qvl_gemm_skinny(float* __restrict__ y, float* __
     qvl_cp_wait<0>();  // only empty groups are left; retire them before the thread exits
 
     // The fragment of acc[i][j]: rows i·16 + g (+8 for e ≥ 2), columns n0 + 16·warp + 8·j + 2t (+1).
+    // S == 1: into y. Split K: into this block's partial tile [16·MT][128] at part[tile][s];
+    // then the tile's last block sums the partials.
     const int g = lane >> 2, t4 = lane & 3;
-    if (S == 1) {
-#pragma unroll
-        for (int i = 0; i < MT; i++)
-#pragma unroll
-            for (int j = 0; j < 2; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int m = i * 16 + g + (e >> 1) * 8, n = n0 + warp * 16 + j * 8 + 2 * t4 + (e & 1);
-                    if (m < M && n < N) y[(long long)m * N + n] = acc[i][j][e];
-                }
-        return;
-    }
-    // Split K: this block's partial tile [16·MT][128] at part[tile][s], then the tile's last block sums.
-    float* mine = part + ((long long)tile * S + s) * (16 * MT * QVL_SKINNY_BN);
+    const long long mine = ((long long)tile * S + s) * (16 * MT * QVL_SKINNY_BN);
 #pragma unroll
     for (int i = 0; i < MT; i++)
 #pragma unroll
@@ -162,8 +151,10 @@ __device__ __forceinline__ void qvl_gemm_skinny(float* __restrict__ y, float* __
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int m = i * 16 + g + (e >> 1) * 8, c = warp * 16 + j * 8 + 2 * t4 + (e & 1);
-                __stcg(mine + m * QVL_SKINNY_BN + c, acc[i][j][e]);
+                if (S > 1) __stcg(part + mine + m * QVL_SKINNY_BN + c, acc[i][j][e]);
+                else if (m < M && n0 + c < N) y[(long long)m * N + n0 + c] = acc[i][j][e];
             }
+    if (S == 1) return;
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {

@@ -40,6 +40,19 @@ var optinSwitches = []optinSwitch{
 	{envTune, func() bool { return !tuneOff.Load() }, func(on bool) { tuneOff.Store(!on) }},
 }
 
+// saveOptins returns a function that sets every opt-in switch back to its value now.
+func saveOptins() func() {
+	saved := make([]bool, len(optinSwitches))
+	for i, s := range optinSwitches {
+		saved[i] = s.get()
+	}
+	return func() {
+		for i, s := range optinSwitches {
+			s.set(saved[i])
+		}
+	}
+}
+
 // ablationConfigs lists the settings the ablation times: the defaults (every switch off), each
 // switch alone, every switch but the tuning, every switch but one of them, then the tuning alone and
 // everything (the tuning, once on, stays on). Each is the set of switches on, by name.
@@ -92,14 +105,9 @@ func ablationLabel(on []string) string {
 // overwrite the same cache slots), so each setting decodes over the same contexts. The
 // switches are restored on return.
 func ablate(t *testing.T, b *Backend, m *model.Model, rep *benchReport, all []*seqState, bs, steps int, configs [][]string) {
-	saved := make([]bool, len(optinSwitches))
-	for i, s := range optinSwitches {
-		saved[i] = s.get()
-	}
+	restore := saveOptins()
 	defer func() {
-		for i, s := range optinSwitches {
-			s.set(saved[i])
-		}
+		restore()
 		b.DropGraphs()
 	}()
 	lens := make([]int, len(all))

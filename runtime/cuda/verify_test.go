@@ -35,9 +35,8 @@ func TestVerifyGoldens(t *testing.T) {
 				// Every opt-in switch on (ablate_test.go's list: the fused decode GEMVs, split
 				// sampling rows, pipelined and folded decode attention, qvl_gemm_skinny, cuBLASLt
 				// tuning), as scripts/gpu-check.sh's verify-optin runs them.
-				saved := make([]bool, len(optinSwitches))
-				for i, s := range optinSwitches {
-					saved[i] = s.get()
+				restore := saveOptins()
+				for _, s := range optinSwitches {
 					s.set(true)
 				}
 				b.DropGraphs()
@@ -52,9 +51,7 @@ func TestVerifyGoldens(t *testing.T) {
 						ran[o.Name] = o.Calls > 0
 					}
 					assert.True(t, ran["qvl_gemm_skinny_m16"], "the opt-in run never launched qvl_gemm_skinny_m16: %v", ran)
-					for i, s := range optinSwitches {
-						s.set(saved[i])
-					}
+					restore()
 					b.DropGraphs()
 				}()
 			}
