@@ -105,6 +105,9 @@ type Backend struct {
 	// attnPipe, when not 0, replaces envAttnPipe's choice of decode attention instances: 1 the
 	// pipelined ones (where they exist), −1 the plain ones (tests and the benchmark compare them).
 	attnPipe int
+	// forceSkinnySplit, when positive, replaces skinnySplit's choice of qvl_gemm_skinny's K
+	// slices (the GPU benchmark sweeps it).
+	forceSkinnySplit int
 	// sampleSplit, when positive, replaces splitRows's choice of blocks per row of TopK and
 	// Sample (tests use it to split small rows).
 	sampleSplit int

@@ -446,6 +446,7 @@ func gemmShapes(t *testing.T, b *Backend, rep *benchReport, shape synth.Shape, v
 	e := newEnv(t, b)
 	defer gemvOff.Store(gemvOff.Load())
 	defer skinnyOn.Store(skinnyOn.Load())
+	defer func() { b.forceSkinnySplit = 0 }()
 	for _, g := range []struct {
 		name string
 		m, k int
@@ -465,19 +466,38 @@ func gemmShapes(t *testing.T, b *Backend, rep *benchReport, shape synth.Shape, v
 			// A producer's bf16 copy of x, as in a decode step: time the GEMM alone.
 			nw := e.weight(ml.F32, make([]float32, g.k), g.k)
 			require.NoError(t, b.RMSNorm(x, x, nw, 1e-6))
-			for _, kind := range []string{"gemv", "cublas", "skinny"} {
+			type variant struct {
+				kind  string
+				split int // qvl_gemm_skinny's S: 0 its own choice
+			}
+			variants := []variant{{"gemv", 0}, {"cublas", 0}, {"skinny", 0}}
+			if n == 64 {
+				// The split sweep at 64 rows: the S rule (skinnySplit) against its neighbours.
+				auto := skinnySplit(g.m, g.k, b.info.sms)
+				for sk := 1; sk <= skinnyMaxSplit; sk *= 2 {
+					if sk != auto && g.k%(skinnyBK*sk) == 0 && g.k/sk >= skinnyBK {
+						variants = append(variants, variant{"skinny", sk})
+					}
+				}
+			}
+			for _, v := range variants {
+				kind := v.kind
 				if kind == "gemv" && n > gemvMaxRows || kind == "skinny" && !b.useSkinnyShape(n, g.k) {
 					continue
 				}
 				gemvOff.Store(kind != "gemv")
 				skinnyOn.Store(kind == "skinny")
+				b.forceSkinnySplit = v.split
 				name, label := "cublasLt gemm bf16", "cuBLASLt"
-				switch kind {
-				case "gemv":
+				switch {
+				case kind == "gemv":
 					name, label = fmt.Sprintf("qvl_gemv_m%d", n), "qvl_gemv"
-				case "skinny":
+				case kind == "skinny" && v.split == 0:
 					name = kernelTable[must(skinnyKernel(n))].name
 					label = fmt.Sprintf("qvl_gemm_skinny, S %d", skinnySplit(g.m, g.k, b.info.sms))
+				case kind == "skinny":
+					name = kernelTable[must(skinnyKernel(n))].name
+					label = fmt.Sprintf("qvl_gemm_skinny, S %d forced", v.split)
 				}
 				require.NoError(t, b.MatMul(y, x, w)) // warm-up: cuBLASLt's plan
 				b.ResetProfile()

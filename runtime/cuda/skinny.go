@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"fmt"
 	"os"
 	"sync/atomic"
 )
@@ -94,6 +95,12 @@ func (b *Backend) useSkinny(rows, k int, x, w uintptr) bool {
 func (b *Backend) skinny(rows, n, k int, x, w, y uintptr) error {
 	id, mt := skinnyKernel(rows)
 	s := skinnySplit(n, k, b.info.sms)
+	if b.forceSkinnySplit > 0 {
+		s = b.forceSkinnySplit
+		if s > skinnyMaxSplit || k%(skinnyBK*s) != 0 {
+			return fmt.Errorf("qvl_gemm_skinny: %d K slices of %d: want at most %d, each a multiple of %d", s, k, skinnyMaxSplit, skinnyBK)
+		}
+	}
 	tiles := (n + skinnyBN - 1) / skinnyBN
 	var part, cnt uintptr
 	if s > 1 {
