@@ -71,12 +71,12 @@ __device__ __forceinline__ void qvl_skinny_load(qvl_bf16* __restrict__ stage, co
 __device__ __forceinline__ void qvl_skinny_prefetch(const qvl_bf16* __restrict__ w, int N, int K, int n0, int k0, int nk) {
 #if defined(QVL_PDL)
     const int tiles = qvl_imin(nk, QVL_SKINNY_STAGES - 1);
-    // One 128-byte line a thread and tile: row threadIdx.x / 2, half threadIdx.x % 2 of the
-    // tile's 128 bytes of that row.
+    // A tile's row is one 128-byte line (64 bf16): thread 2r + h asks for row r's lines of
+    // tiles h, h + 2, ….
     const int row = (int)threadIdx.x >> 1, half = (int)threadIdx.x & 1;
     if (n0 + row >= N) return;
-    for (int t = 0; t < tiles; t++)
-        qvl_prefetch_l2(w + (long long)(n0 + row) * K + k0 + t * QVL_SKINNY_BK + half * 64);
+    for (int t = half; t < tiles; t += 2)
+        qvl_prefetch_l2(w + (long long)(n0 + row) * K + k0 + t * QVL_SKINNY_BK);
 #else
     (void)w, (void)N, (void)K, (void)n0, (void)k0, (void)nk;
 #endif
