@@ -139,9 +139,6 @@ func TestGPUBenchmark(t *testing.T) {
 // model and small sizes, so that the GPU run does not discover its bugs.
 func TestBenchmarkCodeSim(t *testing.T) {
 	skipShortSim(t, false)
-	if v := os.Getenv("QVL_SIM_SCHEDULE"); v != "" && v != "forward" {
-		t.Skip("the benchmark's host code is checked under the forward schedule; the op tests check the kernels under QVL_SIM_SCHEDULE=" + v)
-	}
 	b := simBackend(t)
 	shape := synth.Shapes["tiny"]
 	dir := filepath.Join(t.TempDir(), "tiny")
