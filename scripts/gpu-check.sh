@@ -237,6 +237,13 @@ if [[ -f $out/bench-pdl.log ]] && grep -q '^BENCH |' "$out/bench-pdl.log"; then
 	echo "with ${pdl[*]:1}:"
 	grep -E '^BENCH \| (decode|prefill)' "$out/bench-pdl.log" | sed 's/^BENCH | //'
 fi
+# The ablation (the default run's QVL_BENCH_ABLATE=1): each opt-in's gain alone and in the mix,
+# at batch 1 and batch 64, with a verdict; the rows "  ablation b=…" above have the times.
+if [[ -f $out/bench.log ]] && grep -q '^BENCH-ABLATION |' "$out/bench.log"; then
+	echo
+	echo "ablation: each opt-in's gain alone (against the defaults) and in the mix (all untuned opt-ins against all but it):"
+	grep '^BENCH-ABLATION |' "$out/bench.log" | sed 's/^BENCH-ABLATION | //'
+fi
 # The default beside the opt-in runs, issue 6's workloads row by row, each with its change
 # against the default and whether that is better: which opt-in should become the default.
 compare=("$out/bench.json")

@@ -11,6 +11,7 @@ import (
 
 	"github.com/qvl-dev/qvl/runtime/ml"
 	"github.com/qvl-dev/qvl/runtime/model"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -123,6 +124,7 @@ func ablate(t *testing.T, b *Backend, m *model.Model, rep *benchReport, all []*s
 	greedy := func(n int) []ml.SampleParams { return make([]ml.SampleParams, n) }
 	fmt.Printf("BENCH | ablation: decode steps (graphs) per setting of the opt-ins, from the same contexts\n")
 	var base [2]float64
+	res := map[string][2]float64{}
 	for ci, on := range configs {
 		for _, s := range optinSwitches {
 			s.set(slices.Contains(on, s.name))
@@ -156,9 +158,84 @@ func ablate(t *testing.T, b *Backend, m *model.Model, rep *benchReport, all []*s
 				cmp = fmt.Sprintf("%+.1f%% against the defaults", 100*(v/base[bi]-1))
 			}
 			rep.add(fmt.Sprintf("  ablation b=%d: %s", batch, label), v, unit, "", cmp)
+			r := res[label]
+			r[bi] = v
+			res[label] = r
 		}
 	}
 	rewind()
+	for _, l := range ablationSummary(res) {
+		fmt.Printf("BENCH-ABLATION | %s\n", l)
+	}
+}
+
+// ablationSummary turns the ablation's results (by setting label: batch-1 ms/tok, batch-N
+// tok/s) into a line per switch: its gain alone (against the defaults) and in the mix (all the
+// untuned switches against the same without it; the tuning: everything against all but it),
+// at batch 1 and batch N, and a verdict: "faster" when some gain is ≥ 1% and none is a loss of
+// 1% or more, "slower" the other way round, "same" when all are within 1%, else "mixed".
+// Settings the results lack give "n/a".
+func ablationSummary(res map[string][2]float64) []string {
+	var untuned []string
+	for _, s := range optinSwitches {
+		if s.name != envTune {
+			untuned = append(untuned, s.name)
+		}
+	}
+	// gain is how much faster setting a is than setting b, at batch index bi, in percent.
+	gain := func(a, b string, bi int) (float64, bool) {
+		ra, oka := res[a]
+		rb, okb := res[b]
+		if !oka || !okb || ra[bi] <= 0 || rb[bi] <= 0 {
+			return 0, false
+		}
+		if bi == 0 { // ms/tok: lower is faster
+			return 100 * (rb[0]/ra[0] - 1), true
+		}
+		return 100 * (ra[1]/rb[1] - 1), true
+	}
+	var out []string
+	for _, sw := range optinSwitches {
+		alone := ablationLabel([]string{sw.name})
+		mix, without := ablationLabel(untuned), ablationLabel(slices.DeleteFunc(slices.Clone(untuned), func(n string) bool { return n == sw.name }))
+		if sw.name == envTune {
+			mix, without = ablationLabel(append(slices.Clone(untuned), envTune)), ablationLabel(untuned)
+		}
+		var parts []string
+		var up, down, seen int
+		for _, c := range []struct{ what, a, b string }{{"alone", alone, "defaults"}, {"in the mix", mix, without}} {
+			p := c.what + ":"
+			for bi, bn := range []string{"b=1", "b=N"} {
+				g, ok := gain(c.a, c.b, bi)
+				if !ok {
+					p += " " + bn + " n/a"
+					continue
+				}
+				seen++
+				p += fmt.Sprintf(" %s %+.1f%%", bn, g)
+				switch {
+				case g >= 1:
+					up++
+				case g <= -1:
+					down++
+				}
+			}
+			parts = append(parts, p)
+		}
+		verdict := "mixed"
+		switch {
+		case seen == 0:
+			verdict = "n/a"
+		case up > 0 && down == 0:
+			verdict = "faster"
+		case down > 0 && up == 0:
+			verdict = "slower"
+		case up == 0 && down == 0:
+			verdict = "same"
+		}
+		out = append(out, fmt.Sprintf("%-22s | %s | %s | %s", sw.name, parts[0], parts[1], verdict))
+	}
+	return out
 }
 
 // TestAblationConfigs checks the settings' list: the defaults first, every switch alone,
@@ -190,3 +267,40 @@ func TestAblationConfigs(t *testing.T) {
 
 // ablateWanted reports whether the benchmark runs the ablation.
 func ablateWanted() bool { return os.Getenv("QVL_BENCH_ABLATE") == "1" }
+
+// TestAblationSummary checks the per-switch lines on made-up results: a switch that helps
+// alone and in the mix, one that hurts, the tuning against everything, and missing settings.
+func TestAblationSummary(t *testing.T) {
+	var untuned []string
+	for _, s := range optinSwitches {
+		if s.name != envTune {
+			untuned = append(untuned, s.name)
+		}
+	}
+	without := func(n string) string {
+		return ablationLabel(slices.DeleteFunc(slices.Clone(untuned), func(m string) bool { return m == n }))
+	}
+	res := map[string][2]float64{
+		"defaults":                   {2.0, 1000},
+		"+" + envFuse:                {1.8, 1000}, // b=1 11% faster alone
+		"+" + envSkinny:              {2.0, 950},  // b=N 5% slower alone
+		ablationLabel(untuned):       {1.6, 1100},
+		without(envFuse):             {1.8, 1100}, // FUSE gains 12.5% at b=1 in the mix
+		without(envSkinny):           {1.6, 1150}, // SKINNY loses 4.3% at b=N in the mix
+		"all opt-ins":                {1.6, 1210}, // the tuning: +10% at b=N
+		"+" + envTune:                {2.0, 1000},
+		ablationLabel([]string{"x"}): {1, 1},
+	}
+	lines := map[string]string{}
+	for _, l := range ablationSummary(res) {
+		lines[strings.Fields(l)[0]] = l
+	}
+	require.Len(t, lines, len(optinSwitches))
+	assert.Contains(t, lines[envFuse], "alone: b=1 +11.1% b=N +0.0%")
+	assert.Contains(t, lines[envFuse], "in the mix: b=1 +12.5% b=N +0.0%")
+	assert.True(t, strings.HasSuffix(lines[envFuse], "| faster"), lines[envFuse])
+	assert.True(t, strings.HasSuffix(lines[envSkinny], "| slower"), lines[envSkinny])
+	assert.Contains(t, lines[envTune], "in the mix: b=1 +0.0% b=N +10.0%")
+	assert.True(t, strings.HasSuffix(lines[envTune], "| faster"), lines[envTune])
+	assert.Contains(t, lines[envSampleSplit], "alone: b=1 n/a b=N n/a")
+}
