@@ -27,6 +27,34 @@ __device__ __forceinline__ uint4 qvl_gemv_x16(const uint4* p) {
     return __ldg(p);
 }
 
+// qvl_gemv_chunk adds to acc[r][m] the dot products of the 8 bf16 of W row r held in w[r]
+// with x row m's uint4 at column c (in uint4s; K8 = K / 8 a row).
+template <int M, int R, bool XS>
+__device__ __forceinline__ void qvl_gemv_chunk(float (&acc)[R][M], const uint4 (&w)[R], const uint4* x4, int K8, int c) {
+    float wf[R][8];
+#pragma unroll
+    for (int r = 0; r < R; r++) qvl_unpack8(w[r], wf[r]);
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        const uint4 xv = qvl_gemv_x16<XS>(x4 + (long long)m * K8 + c);
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[r][m] = qvl_dot8(wf[r], xv, acc[r][m]);
+    }
+}
+
+// qvl_gemv_round sums one round of W loads, wv[r][u] at columns c + 32·u (c = the round's
+// start plus the lane), into acc.
+template <int M, int R, bool XS>
+__device__ __forceinline__ void qvl_gemv_round(float (&acc)[R][M], const uint4 (&wv)[R][8 / R], const uint4* x4, int K8, int c) {
+#pragma unroll
+    for (int u = 0; u < 8 / R; u++) {
+        uint4 w[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) w[r] = wv[r][u];
+        qvl_gemv_chunk<M, R, XS>(acc, w, x4, K8, c + 32 * u);
+    }
+}
+
 // qvl_gemv_rows sets acc[r][m] to this lane's share of Σ_k x[m, k]·W[n0 + r, k] (a warp's 32
 // lanes together hold the sums). Rows past N re-read row N−1 (their sums are not stored).
 // XS: x is in shared memory.
@@ -73,18 +101,7 @@ __device__ __forceinline__ void qvl_gemv_rows(float (&acc)[R][M], const qvl_bf16
                         nv[r][u] = __ldcs(reinterpret_cast<const uint4*>(wr[r]) + b + STEP + lane + 32 * u);
             }
             __syncwarp();
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                float wf[R][8];
-#pragma unroll
-                for (int r = 0; r < R; r++) qvl_unpack8(wv[r][u], wf[r]);
-#pragma unroll
-                for (int m = 0; m < M; m++) {
-                    const uint4 xv = qvl_gemv_x16<XS>(x4 + (long long)m * K8 + b + lane + 32 * u);
-#pragma unroll
-                    for (int r = 0; r < R; r++) acc[r][m] = qvl_dot8(wf[r], xv, acc[r][m]);
-                }
-            }
+            qvl_gemv_round<M, R, XS>(acc, wv, x4, K8, b + lane);
             if (more) {
 #pragma unroll
                 for (int u = 0; u < U; u++)
@@ -93,15 +110,10 @@ __device__ __forceinline__ void qvl_gemv_rows(float (&acc)[R][M], const qvl_bf16
             }
         }
         for (int i = full + lane; i < K8; i += 32) {  // the last K8 mod STEP uint4s of the row
-            float wf[R][8];
+            uint4 wt[R];
 #pragma unroll
-            for (int r = 0; r < R; r++) qvl_unpack8(__ldcs(reinterpret_cast<const uint4*>(wr[r]) + i), wf[r]);
-#pragma unroll
-            for (int m = 0; m < M; m++) {
-                const uint4 xv = qvl_gemv_x16<XS>(x4 + (long long)m * K8 + i);
-#pragma unroll
-                for (int r = 0; r < R; r++) acc[r][m] = qvl_dot8(wf[r], xv, acc[r][m]);
-            }
+            for (int r = 0; r < R; r++) wt[r] = __ldcs(reinterpret_cast<const uint4*>(wr[r]) + i);
+            qvl_gemv_chunk<M, R, XS>(acc, wt, x4, K8, i);
         }
     } else {
         for (int k = lane; k < K; k += 32) {
@@ -126,9 +138,9 @@ __device__ __forceinline__ void qvl_gemv_rows(float (&acc)[R][M], const qvl_bf16
 // flight across rows (at K 2048 a row is one round: without this a warp loads a row, waits,
 // sums, stores and only then loads the next). Same loads of the current row, same sums in the
 // same order: acc is bit for bit qvl_gemv_rows'. full is the uint4s of a row that the rounds
-// cover (K / 8 rounded down to a multiple of 32·U), K8 = K / 8. It repeats qvl_gemv_rows' loop
-// rather than replace it so that qvl_gemv_m* (gemv.cu), measured on the H100, keep their code
-// until the fused kernels that use this one have been measured too.
+// cover (K / 8 rounded down to a multiple of 32·U), K8 = K / 8. It keeps its own load loop
+// (qvl_gemv_rows' is what qvl_gemv_m*, measured on the H100, run) and shares the arithmetic:
+// qvl_gemv_round and qvl_gemv_chunk (qvl_gemv_m1's sm_90 SASS is unchanged by that sharing).
 template <int M, int R, bool XS>
 __device__ __forceinline__ void qvl_gemv_rows_next(float (&acc)[R][M], uint4 (&wv)[R][8 / R],
                                                    const uint4* __restrict__ x4, const qvl_bf16* __restrict__ w,
@@ -157,18 +169,7 @@ __device__ __forceinline__ void qvl_gemv_rows_next(float (&acc)[R][M], uint4 (&w
                 for (int r = 0; r < R; r++) nv[r][u] = __ldcs((more ? wr[r] + b + STEP : wn[r]) + lane + 32 * u);
         }
         __syncwarp();
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            float wf[R][8];
-#pragma unroll
-            for (int r = 0; r < R; r++) qvl_unpack8(wv[r][u], wf[r]);
-#pragma unroll
-            for (int m = 0; m < M; m++) {
-                const uint4 xv = qvl_gemv_x16<XS>(x4 + (long long)m * K8 + b + lane + 32 * u);
-#pragma unroll
-                for (int r = 0; r < R; r++) acc[r][m] = qvl_dot8(wf[r], xv, acc[r][m]);
-            }
-        }
+        qvl_gemv_round<M, R, XS>(acc, wv, x4, K8, b + lane);
         if (load) {
 #pragma unroll
             for (int u = 0; u < U; u++)
@@ -177,15 +178,10 @@ __device__ __forceinline__ void qvl_gemv_rows_next(float (&acc)[R][M], uint4 (&w
         }
     }
     for (int i = full + lane; i < K8; i += 32) {  // the last K8 mod STEP uint4s of the row
-        float wf[R][8];
+        uint4 wt[R];
 #pragma unroll
-        for (int r = 0; r < R; r++) qvl_unpack8(__ldcs(wr[r] + i), wf[r]);
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-            const uint4 xv = qvl_gemv_x16<XS>(x4 + (long long)m * K8 + i);
-#pragma unroll
-            for (int r = 0; r < R; r++) acc[r][m] = qvl_dot8(wf[r], xv, acc[r][m]);
-        }
+        for (int r = 0; r < R; r++) wt[r] = __ldcs(wr[r] + i);
+        qvl_gemv_chunk<M, R, XS>(acc, wt, x4, K8, i);
     }
 }
 
