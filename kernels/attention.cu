@@ -14,7 +14,7 @@
 //
 //   qvl_attn_decode_hd{32,64,128,256}_g{1,2,4,8}  sequences with qlen = 1 (vLLM paged_attention_v2
 //       shape). Grid (KV heads, sequences, partitions), block 128. One block reads one KV head's
-//       pages of one context partition (part tokens, ≤ 512) once for all g ≤ G query heads of
+//       pages of one context partition (part tokens, ≤ 1024 for g ≤ 2, else ≤ 512) once for all g ≤ G query heads of
 //       its group. hd/8 lanes hold one token (16-byte loads, 8 dims per lane), 32/(hd/8) tokens
 //       per warp step; scores go to shared memory, softmax is exact within the partition, and
 //       with one partition the block writes the output directly. With several, it writes its
@@ -58,10 +58,22 @@
 #include "qkv.cuh"  // common.cuh, and the per-head q/k finishing of qvl_qkv (the FOLD variant)
 
 #define QVL_DECODE_THREADS 128
-#define QVL_DECODE_MAX_PART 512
+#define QVL_DECODE_MAX_PART 1024  // the largest partition of any instance (qvl_decode_max_part)
 #define QVL_PREFILL_THREADS 128
 
 __device__ __forceinline__ unsigned qvl_ld32(const qvl_bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
+
+// qvl_decode_max_part is the largest partition (and the most partitions) of a decode instance
+// with groups of up to GMAX query heads: 1024 tokens for GMAX ≤ 2, 512 above. The scores of a
+// partition (lg, GMAX × max part floats) and its pages (tb) are static shared memory, which
+// must stay under 48 KB: hd128_g8 takes 47 KB at 512. The backend's decodeMaxPartFor says the
+// same. Why 1024: at batch 64 the 2B's grid has 512 blocks with one partition, enough for the
+// GPU, and a context just past 512 (every decode step after a 512-token prompt) otherwise
+// takes a second, nearly empty partition and the merge.
+template <int GMAX>
+__host__ __device__ constexpr int qvl_decode_max_part() {
+    return GMAX <= 2 ? 1024 : 512;
+}
 
 
 // PIPE selects the pipelined loops (qvl_attn_decode_pipe_hd128_g*, opt-in: QVL_CUDA_ATTN_PIPE=1).
@@ -120,8 +132,10 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     constexpr int LOG_TPG = HD == 32 ? 2 : HD == 64 ? 3 : HD == 128 ? 4 : 5;
     static_assert((1 << LOG_TPG) == TPG, "TPG is a power of two");
     __shared__ __align__(16) float qs[GMAX][HD];
-    __shared__ int tb[QVL_DECODE_MAX_PART + 1];  // the partition's block-table entries
-    __shared__ float lg[GMAX][QVL_DECODE_MAX_PART];
+    constexpr int MAXP = qvl_decode_max_part<GMAX>();
+    static_assert(MAXP <= QVL_DECODE_MAX_PART, "QVL_DECODE_MAX_PART bounds every instance");
+    __shared__ int tb[MAXP + 1];  // the partition's block-table entries
+    __shared__ float lg[GMAX][MAXP];
     __shared__ float red[NW][GMAX];
     __shared__ float stat[2][GMAX];
     __shared__ __align__(16) float accs_[NW][GMAX][HD];  // each warp's partial outputs (not PIPE)
@@ -157,8 +171,8 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     const bool pow2 = (bs & (bs - 1)) == 0;
     const int shift = __ffs(bs) - 1;
     const int pg0 = pow2 ? (t0 >> shift) : (t0 / bs);
-    // part ≤ QVL_DECODE_MAX_PART: the pages fit tb (≤ part/bs + 1); a bad part is raised below.
-    const bool part_ok = part >= 1 && part <= QVL_DECODE_MAX_PART;
+    // part ≤ MAXP: the pages fit tb (≤ part/bs + 1); a bad part is raised below.
+    const bool part_ok = part >= 1 && part <= MAXP;
     if (part_ok) {
         const int tl = t0 + part - 1;  // the partition's last token if the context covers it
         const int pend = qvl_imin(max_blocks, (pow2 ? (tl >> shift) : (tl / bs)) + 1);
@@ -173,9 +187,9 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
         if (!fslot_ok && kvh == 0 && p == 0 && tid == 0) qvl_raise(err, QVL_ERR_SLOT);
     }
     // ctx > nparts·part: the launch's context bound (MaxCtxLen) is below this sequence's context.
-    // nparts > QVL_DECODE_MAX_PART: the merge's weights would not fit lg (the backend refuses it);
+    // nparts > MAXP: the merge's weights would not fit lg (the backend refuses it);
     // !part_ok: the pages would not fit tb (the backend does not launch it).
-    if (!part_ok || ctx < 1 || ctx > max_blocks * bs || ctx > nparts * part || nparts > QVL_DECODE_MAX_PART) {
+    if (!part_ok || ctx < 1 || ctx > max_blocks * bs || ctx > nparts * part || nparts > MAXP) {
         if (tid == 0) qvl_raise(err, QVL_ERR_ATTN_SEQ);
         return;
     }
@@ -631,7 +645,7 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     // The merge reads every partition's (m, l) and output in parallel: warp w takes heads
     // w, w+NW, ...; its lanes read the partitions' (m, l) side by side, reduce M and the weight
     // sum with shuffles and leave each partition's weight e^{m_p−M}·l_p / Σ in lg (free now;
-    // np ≤ QVL_DECODE_MAX_PART because the backend keeps ctx ≤ 512 partitions of ≤ 512). A
+    // np ≤ MAXP because the backend keeps ctx ≤ MAXP partitions of ≤ MAXP). A
     // loop of one L2 read at a time per partition used to take ~20 µs at 16 partitions. A lane
     // keeps its first partition's (m, l) from the first read (m0, l0): one round trip when
     // np ≤ 32.
@@ -688,8 +702,10 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out, qvl_bf16* _
     QVL_REGISTER(NAME)
 #define QVL_DECODE(HD, G) QVL_DECODE_BOUNDS(qvl_attn_decode_hd##HD##_g##G, HD, G, false, QVL_DECODE_THREADS)
 // Groups of 8 ask for 4 blocks an SM (≤ 128 registers): left to itself ptxas 11.8 gives
-// hd128_g8 168 (3 blocks). The others keep ptxas's own choice (asking for 1 block or for 4
-// makes it take ~125 registers where it now takes 72–80).
+// hd128_g8 168 (3 blocks). hd128_g2 (plain and folded: the 2B's decode) asks for 6: with the
+// 1024-token partitions' shared memory ptxas took 123 and 127 registers (4 blocks), with the
+// bound 80 and no spills (6 blocks, 34 KB of shared memory each). The others keep ptxas's own
+// choice (asking for 1 block or for 4 makes it take ~125 registers where it now takes 72–80).
 #define QVL_DECODE_G8(HD) QVL_DECODE_BOUNDS(qvl_attn_decode_hd##HD##_g8, HD, 8, false, QVL_DECODE_THREADS, 4)
 // The pipelined variant, qvl_attn_decode_pipe_hd<HD>_g<G> (the Qwen3-VL shapes only: hd 128,
 // groups 1 to 8); the bounds as above.
@@ -704,7 +720,7 @@ QVL_DECODE(64, 2)
 QVL_DECODE(64, 4)
 QVL_DECODE_G8(64)
 QVL_DECODE(128, 1)
-QVL_DECODE(128, 2)
+QVL_DECODE_BOUNDS(qvl_attn_decode_hd128_g2, 128, 2, false, QVL_DECODE_THREADS, 6)
 QVL_DECODE(128, 4)
 QVL_DECODE_G8(128)
 QVL_DECODE(256, 1)
@@ -733,7 +749,7 @@ QVL_DECODE_PIPE(128, 8, QVL_DECODE_THREADS, 4)
     QVL_REGISTER(qvl_attn_decode_fold_hd##HD##_g##G)
 
 QVL_DECODE_FOLD(128, 1, QVL_DECODE_THREADS)
-QVL_DECODE_FOLD(128, 2, QVL_DECODE_THREADS)
+QVL_DECODE_FOLD(128, 2, QVL_DECODE_THREADS, 6)
 QVL_DECODE_FOLD(128, 4, QVL_DECODE_THREADS)
 QVL_DECODE_FOLD(128, 8, QVL_DECODE_THREADS, 4)
 

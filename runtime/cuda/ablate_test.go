@@ -36,27 +36,46 @@ var optinSwitches = []optinSwitch{
 	{envFuse, func() bool { return !fuseOff.Load() }, func(on bool) { fuseOff.Store(!on) }},
 	{envSampleSplit, sampleSplitOn.Load, sampleSplitOn.Store},
 	{envAttnPipe, attnPipeOn.Load, attnPipeOn.Store},
-	{envQKVFold, qkvFoldOn.Load, qkvFoldOn.Store},
 	{envSkinny, skinnyOn.Load, skinnyOn.Store},
 	{envTune, func() bool { return !tuneOff.Load() }, func(on bool) { tuneOff.Store(!on) }},
 }
 
-// saveOptins returns a function that sets every opt-in switch back to its value now.
+// defaultSwitches are the switches that are on by default (opt-ins that a GPU run promoted): the
+// ablation times the defaults without each of them, named "-" + the variable, so that every run
+// still measures what each is worth. The opt-in settings keep them on.
+var defaultSwitches = []optinSwitch{
+	{envQKVFold, qkvFoldOn.Load, qkvFoldOn.Store},
+}
+
+// saveOptins returns a function that sets every opt-in and default switch back to its value now.
 func saveOptins() func() {
-	saved := make([]bool, len(optinSwitches))
-	for i, s := range optinSwitches {
+	all := append(slices.Clone(optinSwitches), defaultSwitches...)
+	saved := make([]bool, len(all))
+	for i, s := range all {
 		saved[i] = s.get()
 	}
 	return func() {
-		for i, s := range optinSwitches {
+		for i, s := range all {
 			s.set(saved[i])
 		}
 	}
 }
 
-// ablationConfigs lists the settings the ablation times: the defaults (every switch off), each
-// switch alone, every switch but the tuning, every switch but one of them, then the tuning alone and
-// everything (the tuning, once on, stays on). Each is the set of switches on, by name.
+// setSwitches sets the switches for a setting of the ablation: the opt-ins named in on, and every
+// default switch unless on names it with a "-".
+func setSwitches(on []string) {
+	for _, s := range optinSwitches {
+		s.set(slices.Contains(on, s.name))
+	}
+	for _, s := range defaultSwitches {
+		s.set(!slices.Contains(on, "-"+s.name))
+	}
+}
+
+// ablationConfigs lists the settings the ablation times: the defaults (every opt-in off), each
+// opt-in alone, every opt-in but the tuning, every opt-in but one of them, the defaults without
+// each default switch ("-" + its name), then the tuning alone and everything (the tuning, once
+// on, stays on). Each is the set of opt-ins on (and default switches off), by name.
 func ablationConfigs() [][]string {
 	var names []string
 	for _, s := range optinSwitches {
@@ -77,14 +96,21 @@ func ablationConfigs() [][]string {
 		}
 		configs = append(configs, but)
 	}
+	for _, s := range defaultSwitches {
+		configs = append(configs, []string{"-" + s.name})
+	}
 	return append(configs, []string{envTune}, names)
 }
 
 // ablationLabel names a setting for the report: "defaults", "all opt-ins", "all but X, Y"
-// for the settings that leave out one or two switches, else the switches on, each with a "+".
+// for the settings that leave out one or two switches, "-X" for the defaults without default
+// switch X, else the switches on, each with a "+".
 func ablationLabel(on []string) string {
 	if len(on) == 0 {
 		return "defaults"
+	}
+	if len(on) == 1 && strings.HasPrefix(on[0], "-") {
+		return on[0]
 	}
 	var off []string
 	for _, s := range optinSwitches {
@@ -126,9 +152,7 @@ func ablate(t *testing.T, b *Backend, m *model.Model, rep *benchReport, all []*s
 	var base [2]float64
 	res := map[string][2]float64{}
 	for ci, on := range configs {
-		for _, s := range optinSwitches {
-			s.set(slices.Contains(on, s.name))
-		}
+		setSwitches(on)
 		b.DropGraphs()
 		label := ablationLabel(on)
 		for bi, batch := range []int{1, len(all)} {
@@ -235,6 +259,38 @@ func ablationSummary(res map[string][2]float64) []string {
 		}
 		out = append(out, fmt.Sprintf("%-22s | %s | %s | %s", sw.name, parts[0], parts[1], verdict))
 	}
+	// A default switch: what the defaults gain by it (the defaults against the defaults without it).
+	for _, sw := range defaultSwitches {
+		p := "default on, its gain:"
+		var up, down, seen int
+		for bi, bn := range []string{"b=1", "b=N"} {
+			g, ok := gain("defaults", "-"+sw.name, bi)
+			if !ok {
+				p += " " + bn + " n/a"
+				continue
+			}
+			seen++
+			p += fmt.Sprintf(" %s %+.1f%%", bn, g)
+			switch {
+			case g >= 1:
+				up++
+			case g <= -1:
+				down++
+			}
+		}
+		verdict := "keep"
+		switch {
+		case seen == 0:
+			verdict = "n/a"
+		case down > 0 && up == 0:
+			verdict = "slower: turn it back off"
+		case up == 0 && down == 0:
+			verdict = "same"
+		case down > 0:
+			verdict = "mixed"
+		}
+		out = append(out, fmt.Sprintf("%-22s | %s | %s", sw.name, p, verdict))
+	}
 	return out
 }
 
@@ -261,8 +317,13 @@ func TestAblationConfigs(t *testing.T) {
 		require.True(t, alone[s.name], "%s is never timed alone", s.name)
 		require.True(t, s.name == envTune || seen["all but "+s.name+", "+envTune], "%s is never left out of the rest", s.name)
 	}
+	for _, s := range defaultSwitches {
+		require.True(t, seen["-"+s.name], "the defaults are never timed without %s", s.name)
+		require.False(t, slices.ContainsFunc(optinSwitches, func(o optinSwitch) bool { return o.name == s.name }),
+			"%s is both an opt-in and a default", s.name)
+	}
 	require.Equal(t, "all opt-ins", ablationLabel(cs[len(cs)-1]))
-	require.Equal(t, 2+2*(len(optinSwitches)-1)+2, len(cs))
+	require.Equal(t, 2+2*(len(optinSwitches)-1)+len(defaultSwitches)+2, len(cs))
 }
 
 // ablateWanted reports whether the benchmark runs the ablation.
@@ -290,12 +351,14 @@ func TestAblationSummary(t *testing.T) {
 		"all opt-ins":                {1.6, 1210}, // the tuning: +10% at b=N
 		"+" + envTune:                {2.0, 1000},
 		ablationLabel([]string{"x"}): {1, 1},
+		"-" + envQKVFold:             {2.2, 980}, // the defaults are 9.1% and 2.0% faster with it
 	}
 	lines := map[string]string{}
 	for _, l := range ablationSummary(res) {
 		lines[strings.Fields(l)[0]] = l
 	}
-	require.Len(t, lines, len(optinSwitches))
+	require.Len(t, lines, len(optinSwitches)+len(defaultSwitches))
+	assert.Equal(t, fmt.Sprintf("%-22s | default on, its gain: b=1 +10.0%% b=N +2.0%% | keep", envQKVFold), lines[envQKVFold])
 	assert.Contains(t, lines[envFuse], "alone: b=1 +11.1% b=N +0.0%")
 	assert.Contains(t, lines[envFuse], "in the mix: b=1 +12.5% b=N +0.0%")
 	assert.True(t, strings.HasSuffix(lines[envFuse], "| faster"), lines[envFuse])

@@ -3,6 +3,7 @@ package cuda
 import (
 	"fmt"
 	"math"
+	"math/bits"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -20,7 +21,7 @@ import (
 // shared memory are covered (on the 4-SM emulation of the other tests a context splits ≤ 10 ways).
 func TestOpAttentionManyPartitions(t *testing.T) {
 	b := simBackendSMs(t, 132)
-	part, n := decodePartition(1, 2, 1500, 132)
+	part, n := decodePartition(1, 2, 1500, 132, decodeMaxPartFor(2))
 	require.Equal(t, 32, part)
 	require.Equal(t, 47, n)
 	c := attnCase{name: "decode_many_parts", heads: 2, kv: 1, hd: 64, bs: 16, seqs: [][2]int{{1, 1500}, {1, 40}},
@@ -39,7 +40,7 @@ func TestOpAttentionDecodeTableTail(t *testing.T) {
 	c := attnCase{name: "table_tail", heads: 16, kv: 8, hd: 128, bs: 16, seqs: [][2]int{{1, 449}, {1, 37}, {1, 16}},
 		tolerance: "Attention/decode", spareBlocks: 2, padCols: 3}
 	run := func(t *testing.T, b *Backend) {
-		part, _ := decodePartition(c.kv, len(c.seqs), 449, 132)
+		part, _ := decodePartition(c.kv, len(c.seqs), 449, 132, decodeMaxPartFor(c.heads/c.kv))
 		require.Equal(t, 32, part, "the split this test is about")
 		e, out, q, a := attentionInputs(t, b, c, 11)
 		require.NoError(t, b.Attention(out, q, a))
@@ -165,7 +166,7 @@ func attentionShapes(t *testing.T, b *Backend, rep *benchReport, heads, kv, hd, 
 				}
 				label := fmt.Sprint(part)
 				if part == 0 {
-					p, _ := decodePartition(kv, batch, ctx, b.info.sms)
+					p, _ := decodePartition(kv, batch, ctx, b.info.sms, decodeMaxPartFor(heads/kv))
 					label = fmt.Sprintf("auto = %d", p)
 				}
 				if pipe > 0 {
@@ -175,6 +176,50 @@ func attentionShapes(t *testing.T, b *Backend, rep *benchReport, heads, kv, hd, 
 					fmt.Sprintf("%.1f µs for %.1f MB of cache: %.0f%% of 3.0 TB/s", floor*1e6, floor*h100CopyBytesPerSec/1e6, 100*floor/gt.Seconds()))
 			}
 		}
+	}
+	// The batch as a decode step launches it: contexts just past ctx (the benchmark's steps decode
+	// from ctx on) under a graph's context bound, the next power of two (runtime/model/graph.go),
+	// with the backend's own partition, and with partitions capped at 512 (the rule before
+	// partitions of 1024). On the H100 the batch-64 step's attention took ~71 µs a layer (sixth
+	// run) against 56.8 µs for this shape at exactly ctx: these rows say how much of that was the
+	// second, nearly empty partition and its merge.
+	b.attnPipe = -1
+	defer func() { b.decodeMaxPart = 0 }()
+	for _, cp := range []struct{ extra, maxPart int }{{0, 0}, {8, 0}, {40, 0}, {8, 512}, {40, 512}} {
+		extra := cp.extra
+		b.decodeMaxPart = cp.maxPart
+		c := attnCase{heads: heads, kv: kv, hd: hd, bs: bs}
+		for i := 0; i < seqs; i++ {
+			c.seqs = append(c.seqs, [2]int{1, ctx + extra})
+		}
+		_, out, q, a := attentionInputs(t, b, c, 7)
+		a.MaxCtxLen = 1 << bits.Len(uint(ctx+extra-1))
+		b.decodePart = 0
+		require.NoError(t, b.Attention(out, q, a)) // warm-up
+		b.ResetProfile()
+		require.NoError(t, b.Hold(5*time.Millisecond))
+		b.SetProfiling(true)
+		for i := 0; i < reps; i++ {
+			require.NoError(t, b.Attention(out, q, a))
+		}
+		prof := b.Profile()
+		b.SetProfiling(false)
+		var gt time.Duration
+		for _, o := range prof {
+			if strings.HasPrefix(o.Name, "qvl_attn_decode") {
+				gt = o.Total / time.Duration(o.Calls)
+			}
+		}
+		maxPart := decodeMaxPartFor(heads / kv)
+		capped := ""
+		if cp.maxPart > 0 {
+			maxPart, capped = min(maxPart, cp.maxPart), fmt.Sprintf(", capped at %d", cp.maxPart)
+		}
+		p, np := decodePartition(kv, seqs, a.MaxCtxLen, b.info.sms, maxPart)
+		floor := float64(2*seqs*(ctx+extra)*kv*hd*2) / h100CopyBytesPerSec
+		rep.add(fmt.Sprintf("  attn decode %d × ctx %d, bound %d (a graph step), %d × part %d%s", seqs, ctx+extra, a.MaxCtxLen, np, p, capped),
+			float64(gt.Nanoseconds())/1e3, "µs", "",
+			fmt.Sprintf("%.1f µs for %.1f MB of cache: %.0f%% of 3.0 TB/s", floor*1e6, floor*h100CopyBytesPerSec/1e6, 100*floor/gt.Seconds()))
 	}
 }
 
@@ -261,6 +306,8 @@ var decodePipeCases = []attnCase{
 	{name: "pipe_g1", heads: 2, kv: 2, hd: 128, bs: 16, seqs: [][2]int{{1, 700}, {1, 1}, {1, 65}}, tolerance: "Attention/decode", spareBlocks: 2, padCols: 2},
 	{name: "pipe_g3_bs6", heads: 6, kv: 2, hd: 128, bs: 6, seqs: [][2]int{{1, 513}, {1, 31}}, tolerance: "Attention/decode", spareBlocks: 1},
 	{name: "pipe_g8", heads: 8, kv: 1, hd: 128, bs: 16, seqs: [][2]int{{1, 1029}, {1, 32}, {1, 33}}, tolerance: "Attention/decode"},
+	// Group 2 takes partitions of up to 1024 tokens (pages of 3: 342 block-table entries a partition).
+	{name: "pipe_g2_part1024", heads: 4, kv: 2, hd: 128, bs: 3, seqs: [][2]int{{1, 2100}, {1, 1024}, {1, 1025}}, tolerance: "Attention/decode", spareBlocks: 1},
 	{name: "pipe_mixed_prefill", heads: 4, kv: 2, hd: 128, bs: 16, seqs: [][2]int{{40, 90}, {1, 300}, {1, 3}}, tolerance: "Attention/mma", spareBlocks: 2},
 	{name: "pipe_batch12", heads: 4, kv: 2, hd: 128, bs: 16, seqs: [][2]int{{1, 512}, {1, 77}, {1, 129}, {1, 64}, {1, 65},
 		{1, 1}, {1, 200}, {1, 511}, {1, 16}, {1, 17}, {1, 300}, {1, 450}}, tolerance: "Attention/decode", padCols: 1},
@@ -269,7 +316,8 @@ var decodePipeCases = []attnCase{
 // TestOpAttentionDecodePipe runs every decode case of head size 128 with the plain and with the
 // pipelined decode instances, at the backend's own partition and at partitions of 32, 64 and
 // 512 tokens (single pass, several warp steps a pass, split-K and its merge), on the emulation
-// with 4 SMs and with the H100's 132, and on the GPU: the pipelined output is bit for bit the
+// with 4 SMs and with the H100's 132, and on the GPU (and 1024, which groups above 2 cap at
+// 512): the pipelined output is bit for bit the
 // plain one, and within tolerance of the CPU reference; the profile names the instance that ran.
 func TestOpAttentionDecodePipe(t *testing.T) {
 	var cases []attnCase
@@ -290,7 +338,7 @@ func TestOpAttentionDecodePipe(t *testing.T) {
 			id, ok := decodePipeKernel(c.hd, c.heads/c.kv)
 			require.True(t, ok)
 			pipeName := kernelTable[id].name
-			for _, part := range []int{0, 32, 64, 512} {
+			for _, part := range []int{0, 32, 64, 512, 1024} {
 				t.Run(fmt.Sprintf("%s/part%d", c.name, part), func(t *testing.T) {
 					b.decodePart = part
 					b.attnPipe = -1

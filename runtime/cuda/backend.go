@@ -102,6 +102,9 @@ type Backend struct {
 	// decodePart, when positive, replaces decodePartition's choice of the decode attention's
 	// partition (tokens): the GPU benchmark sweeps it.
 	decodePart int
+	// decodeMaxPart, when positive, caps the partitions decodePartition may choose (the GPU
+	// benchmark times the cap of 512 that was the rule before the sixth H100 run beside it).
+	decodeMaxPart int
 	// attnPipe, when not 0, replaces envAttnPipe's choice of decode attention instances: 1 the
 	// pipelined ones (where they exist), −1 the plain ones (tests and the benchmark compare them).
 	attnPipe int

@@ -133,16 +133,35 @@ func TestQKVThreads(t *testing.T) {
 }
 
 func TestDecodePartition(t *testing.T) {
+	g2, g4 := decodeMaxPartFor(2), decodeMaxPartFor(4)
+	assert.Equal(t, 1024, g2)
+	assert.Equal(t, 1024, decodeMaxPartFor(1))
+	assert.Equal(t, 512, g4)
+	assert.Equal(t, 512, decodeMaxPartFor(8))
 	// Batch 1 at context 512 on 132 SMs: 8 KV heads, split 16 ways into partitions of 32.
-	part, n := decodePartition(8, 1, 512, 132)
+	part, n := decodePartition(8, 1, 512, 132, g2)
 	assert.Equal(t, 32, part)
 	assert.Equal(t, 16, n)
-	// Batch 64 fills the GPU without splitting.
-	part, n = decodePartition(8, 64, 512, 132)
-	assert.Equal(t, 512, part)
+	// Batch 64 fills the GPU without splitting, also under a graph's bound of 1024 for contexts
+	// just past 512 (the 2B's group of 2); groups of 4 split it in two.
+	part, n = decodePartition(8, 64, 512, 132, g2)
+	assert.Equal(t, 1024, part)
 	assert.Equal(t, 1, n)
-	// Long contexts always split into partitions of at most 512.
-	part, n = decodePartition(8, 64, 32768, 132)
+	part, n = decodePartition(8, 64, 1024, 132, g2)
+	assert.Equal(t, 1024, part)
+	assert.Equal(t, 1, n)
+	part, n = decodePartition(8, 64, 1024, 132, g4)
+	assert.Equal(t, 512, part)
+	assert.Equal(t, 2, n)
+	// Batch 32 at 1024 would have 256 blocks: split in two.
+	part, n = decodePartition(8, 32, 1024, 132, g2)
+	assert.Equal(t, 512, part)
+	assert.Equal(t, 2, n)
+	// Long contexts always split into partitions of at most the instance's maximum.
+	part, n = decodePartition(8, 64, 32768, 132, g2)
+	assert.Equal(t, 1024, part)
+	assert.Equal(t, 32, n)
+	part, n = decodePartition(8, 64, 32768, 132, g4)
 	assert.Equal(t, 512, part)
 	assert.Equal(t, 64, n)
 }

@@ -162,7 +162,7 @@ func requireBits(t *testing.T, what string, want, got []float32) {
 // foldCases cover the groups 1, 2, 4, 8 at head size 128; pages of 16 and of 5 (not a power of
 // two); a context of one token (the new one only), a new token first and last in its page,
 // single-pass partitions (≤ 64 tokens) and multi-step ones, one partition and several (fixed
-// 32 and 64, and the backend's choice, which on 132 SMs splits batch 1 into partitions of 32);
+// 32, 64 and 1024, and the backend's choice, which on 132 SMs splits batch 1 into partitions of 32);
 // bf16 and f32 norm weights; batch 1 and a batch-64 step.
 var foldCases = []foldCase{
 	{name: "b1_g1_ctx1", g: 1, kv: 2, bs: 16, ctxs: []int{1}, qnBF: true, knBF: true},
@@ -172,6 +172,8 @@ var foldCases = []foldCase{
 	{name: "b3_g2_bs5", g: 2, kv: 2, bs: 5, ctxs: []int{17, 64, 5}, qnBF: true, knBF: true, spareBlocks: 3},
 	{name: "b3_g8_bs16_part32", g: 8, kv: 1, bs: 16, ctxs: []int{33, 97, 16}, part: 32, qnBF: false, knBF: false},
 	{name: "b3_g3_bs16", g: 3, kv: 2, bs: 16, ctxs: []int{70, 2, 129}, qnBF: true, knBF: true}, // group 3 on the g4 instance
+	// Partitions of 1024 (groups ≤ 2 only): the new token in the second of two, and in the first.
+	{name: "b2_g2_bs3_part1024", g: 2, kv: 2, bs: 3, ctxs: []int{1500, 1024}, part: 1024, qnBF: true, knBF: false},
 }
 
 func TestOpQKVAttentionFold(t *testing.T) {

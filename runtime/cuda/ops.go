@@ -20,7 +20,7 @@ const (
 	attnThreads     = 128
 	embedThreads    = 256
 	sampleThreads   = 1024
-	decodeMaxPart   = 512
+	decodeMaxPart   = 1024 // attention.cu's QVL_DECODE_MAX_PART; per instance decodeMaxPartFor
 	decodeMinPart   = 32
 	prefillTile     = 64
 	genericMaxHead  = 256
@@ -438,11 +438,25 @@ func (b *Backend) decodePipe() bool {
 	return attnPipeOn.Load()
 }
 
-// decodePartition chooses the split-K partition of decode attention: 512 tokens, halved (down
-// to 64) while the grid would have fewer than two blocks per SM, so that a small batch still
-// spreads its context over the GPU.
-func decodePartition(kvHeads, seqs, ctx, sms int) (part, nparts int) {
-	part = decodeMaxPart
+// decodeMaxPartFor is the largest partition, and the most partitions, of the decode instances
+// for groups of g query heads (attention.cu's qvl_decode_max_part): 1024 tokens up to groups of
+// 2, 512 above (their scores' shared memory would pass 48 KB).
+func decodeMaxPartFor(g int) int {
+	if g <= 2 {
+		return 1024
+	}
+	return 512
+}
+
+// decodePartition chooses the split-K partition of decode attention: maxPart tokens
+// (decodeMaxPartFor), halved (down to decodeMinPart) while the grid would have fewer than two
+// blocks per SM, so that a small batch still spreads its context over the GPU. A large batch
+// keeps whole contexts of up to maxPart in one block each: at batch 64 on the 2B the sixth H100
+// run's decode steps, at contexts just past 512, split every sequence into a 512-token
+// partition and a nearly empty one plus the merge (~71 µs a layer against 56.8 µs at exactly
+// 512, one partition).
+func decodePartition(kvHeads, seqs, ctx, sms, maxPart int) (part, nparts int) {
+	part = maxPart
 	for part > decodeMinPart && kvHeads*seqs*((ctx+part-1)/part) < 2*sms {
 		part /= 2
 	}
@@ -454,14 +468,18 @@ func decodePartition(kvHeads, seqs, ctx, sms int) (part, nparts int) {
 // scratch of its merge ready: the partial outputs, their (max, sum) and the zeroed arrival
 // counters. Run inside do.
 func (b *Backend) decodeSplit(op string, n, nb, heads, kvHeads, hd, maxCtx int) (part, nparts int, err error) {
-	part, nparts = decodePartition(kvHeads, nb, maxCtx, b.info.sms)
+	maxPart := decodeMaxPartFor(heads / kvHeads)
+	if b.decodeMaxPart > 0 {
+		maxPart = min(maxPart, b.decodeMaxPart)
+	}
+	part, nparts = decodePartition(kvHeads, nb, maxCtx, b.info.sms, maxPart)
 	if b.decodePart > 0 {
-		part = min(b.decodePart, decodeMaxPart)
+		part = min(b.decodePart, maxPart)
 		nparts = (maxCtx + part - 1) / part
 	}
-	if nparts > decodeMaxPart {
-		// The kernel's merge keeps one weight per partition in a 512-entry array.
-		return 0, 0, fmt.Errorf("%s: context %d is above the decode kernel's %d tokens", op, maxCtx, decodeMaxPart*decodeMaxPart)
+	if nparts > maxPart {
+		// The kernel's merge keeps one weight per partition in an array of maxPart entries.
+		return 0, 0, fmt.Errorf("%s: context %d is above the decode kernel's %d tokens", op, maxCtx, maxPart*maxPart)
 	}
 	if nparts > 1 {
 		if err := b.ensure(&b.part, 4*n*heads*nparts*hd); err != nil {
