@@ -24,9 +24,6 @@
 #define QVL_SWIGLU_BLOCKS_PER_SM 4  // the launch bounds' minimum (≤ 64 registers); swigluBlocksPerSM in runtime/cuda
 #define QVL_SWIGLU_UNROLL 4
 
-// qvl_silu_mul is SwiGLU of one element: silu(g) · u (the one expression every path computes).
-__device__ __forceinline__ float qvl_silu_mul(float g, float u) { return g / (1.f + expf(-g)) * u; }
-
 // qvl_swiglu_step advances the unit (r, c) of a row of C units by a step of sq rows and sr < C
 // columns.
 __device__ __forceinline__ void qvl_swiglu_step(long long& r, int& c, int sq, int sr, int C) {

@@ -131,6 +131,10 @@ __device__ __forceinline__ int qvl_imax(int a, int b) { return a > b ? a : b; }
 
 __device__ __forceinline__ float qvl_bf16_to_f32(qvl_bf16 h) { return __uint_as_float(((unsigned)h) << 16); }
 
+// qvl_silu_mul is SwiGLU of one element: silu(g) · u, the one expression every SwiGLU path
+// computes (qvl_swiglu, qvl_swiglu_gemv, qvl_gemv_glu), so that they agree bit for bit.
+__device__ __forceinline__ float qvl_silu_mul(float g, float u) { return g / (1.f + expf(-g)) * u; }
+
 // qvl_f32_to_bf16 rounds to nearest, ties to even; NaN stays NaN (quieted), as loader.F32ToBF16.
 __device__ __forceinline__ qvl_bf16 qvl_f32_to_bf16(float f) {
     unsigned u = __float_as_uint(f);

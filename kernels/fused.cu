@@ -108,7 +108,7 @@ qvl_swiglu_gemv(float* __restrict__ y, float* __restrict__ act, qvl_bf16* __rest
     for (int i = threadIdx.x; i < I; i += QVL_FUSED_THREADS) {
         const float g = gu[i];
         const float u = gu[I + i];
-        const float o = g / (1.f + expf(-g)) * u;
+        const float o = qvl_silu_mul(g, u);
         xs[i] = qvl_f32_to_bf16(o);
         if (first) {
             act[i] = o;

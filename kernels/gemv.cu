@@ -26,7 +26,7 @@
 // 3.0 TB/s that is ~60–70% of the H100's issue rate at M = 8 before loads and addressing, and
 // ~15% at M = 1. Measured on the H100, qvl_gemv beat cuBLASLt at one row only (runtime/cuda/
 // gemv.go's gemvMaxRows), so the backend uses qvl_gemv_m1 alone; m2–m8 stay built and tested.
-#include "gemv.cuh"  // qvl_gemv_rows, qvl_gemv_body
+#include "gemv.cuh"  // qvl_gemv_rows, qvl_gemv_body, qvl_gemv_glu_body
 
 #define QVL_GEMV(MR, RR)                                                                                           \
     extern "C" __global__ void __launch_bounds__(32 * QVL_GEMV_WARPS)                                              \
@@ -46,3 +46,34 @@ QVL_GEMV(5, 2)
 QVL_GEMV(6, 2)
 QVL_GEMV(7, 2)
 QVL_GEMV(8, 2)
+
+// qvl_gemv_glu  act[i] = silu(Σ_k x[k]·W[i, k]) · Σ_k x[k]·W[I + i, k]     i < I = N / 2, k < K
+//
+// The MLP's gate-up projection at one x row with SwiGLU as its epilogue (runtime/cuda's
+// MatMulSwiGLU, QVL_CUDA_GLU_GEMV): W is the fused [gate; up] weight [2I, K] bf16, x [1, K]
+// bf16, act [1, I] f32 and its bf16 copy act_bf16 (nullable). A warp takes gate row i and up row
+// I + i together (R = 2, rows I apart: 4 + 4 16-byte loads in flight per lane) and writes
+// qvl_silu_mul of the two sums, each of which is bit for bit qvl_gemv_m1's for its row; so act
+// is bit for bit qvl_gemv_m1 then qvl_swiglu, without the [1, 2I] f32 gate-up row and without
+// qvl_swiglu's launch (~3–4 µs a layer in a batch-1 graph on the H100).
+// Launch: grid min(I / 4, 32·SMs), block 128 (4 warps), 16.5 KiB of static shared memory; the
+// bounds ask for 5 blocks an SM (96 registers, as qvl_gemv_m1's 98; left alone ptxas took 116:
+// 4 blocks).
+// Floor: W's 2·N·K bytes, as qvl_gemv_m1 (2B gate-up: 50.3 MB, 16.8 µs at 3.0 TB/s).
+extern "C" __global__ void __launch_bounds__(32 * QVL_GEMV_WARPS, 5)
+    qvl_gemv_glu(float* __restrict__ act, qvl_bf16* __restrict__ act_bf16, const qvl_bf16* __restrict__ x,
+                 const qvl_bf16* __restrict__ w, int N, int K) {
+#if defined(QVL_PDL)
+    // As qvl_gemv_prefetch, for this warp's gate and up rows (the weight is 25 Mi elements).
+    {
+        const int lane = threadIdx.x & 31, i = blockIdx.x * QVL_GEMV_WARPS + (int)(threadIdx.x >> 5);
+        if (i < N / 2 && lane * 128LL < 2LL * K) {
+            qvl_prefetch_l2(reinterpret_cast<const char*>(w + (long long)i * K) + lane * 128);
+            qvl_prefetch_l2(reinterpret_cast<const char*>(w + (long long)(N / 2 + i) * K) + lane * 128);
+        }
+    }
+#endif
+    QVL_PDL_ENTER();
+    qvl_gemv_glu_body(act, act_bf16, x, w, N, K);
+}
+QVL_REGISTER(qvl_gemv_glu)

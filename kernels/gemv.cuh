@@ -55,16 +55,18 @@ __device__ __forceinline__ void qvl_gemv_round(float (&acc)[R][M], const uint4 (
     }
 }
 
-// qvl_gemv_rows sets acc[r][m] to this lane's share of Σ_k x[m, k]·W[n0 + r, k] (a warp's 32
-// lanes together hold the sums). Rows past N re-read row N−1 (their sums are not stored).
+// qvl_gemv_rows sets acc[r][m] to this lane's share of Σ_k x[m, k]·W[n0 + r·rs, k] (a warp's 32
+// lanes together hold the sums): R consecutive rows (rs = 1), or rows rs apart (qvl_gemv_glu:
+// gate row i and up row I + i). Rows past N re-read row N−1 (their sums are not stored).
 // XS: x is in shared memory.
 template <int M, int R, bool XS = false>
 __device__ __forceinline__ void qvl_gemv_rows(float (&acc)[R][M], const qvl_bf16* __restrict__ x,
-                                              const qvl_bf16* __restrict__ w, int n0, int N, int K, int lane) {
+                                              const qvl_bf16* __restrict__ w, int n0, int N, int K, int lane,
+                                              int rs = 1) {
     constexpr int U = 8 / R;  // chunks of 32 × 8 elements per round: R·U = 8 loads of W per lane
     const qvl_bf16* wr[R];
 #pragma unroll
-    for (int r = 0; r < R; r++) wr[r] = w + (long long)qvl_imin(n0 + r, N - 1) * K;
+    for (int r = 0; r < R; r++) wr[r] = w + (long long)qvl_imin(n0 + r * rs, N - 1) * K;
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
@@ -214,13 +216,18 @@ __device__ __forceinline__ void qvl_gemv_prefetch(const qvl_bf16* __restrict__ w
 // the vector path with at least one full round, K ≥ 256·U): the rows go through
 // qvl_gemv_rows_next, the warp's first group's first round of W loaded up front, each next
 // group's in the current group's last round. A separate instance, so that the carried loads
-// are not live through the other path.
-template <int M, int R, int WARPS, int G, bool XS, bool PIPE>
+// are not live through the other path. GLU (qvl_gemv_glu: M = 1, R = 2, N = 2I even): group i
+// is gate row i and up row I + i, and the group's output is y[i] = silu(gate) · up (and
+// y_bf16[i], when not null) instead of the two sums; each sum is the one the plain instance
+// makes for its row (the same loads, products and lane order).
+template <int M, int R, int WARPS, int G, bool XS, bool PIPE, bool GLU = false>
 __device__ __forceinline__ void qvl_gemv_groups(float* __restrict__ y, const qvl_bf16* __restrict__ x,
-                                                const qvl_bf16* __restrict__ w, int N, int K, float (*sl)[33]) {
+                                                const qvl_bf16* __restrict__ w, int N, int K, float (*sl)[33],
+                                                qvl_bf16* __restrict__ y_bf16 = nullptr) {
+    static_assert(!GLU || (M == 1 && R == 2 && !PIPE), "the GLU epilogue takes one x row, a gate and an up row");
     constexpr int SLOTS = R * M;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int groups = (N + R - 1) / R;
+    const int groups = GLU ? N / 2 : (N + R - 1) / R;
     const int stride = gridDim.x * WARPS;
     const int g0 = blockIdx.x * WARPS + warp;
     constexpr int U = 8 / R;
@@ -244,6 +251,8 @@ __device__ __forceinline__ void qvl_gemv_groups(float* __restrict__ y, const qvl
             if (PIPE)
                 qvl_gemv_rows_next<M, R, XS>(acc, wv, reinterpret_cast<const uint4*>(x), w, g * R,
                                              g + stride < groups ? (g + stride) * R : -1, N, K, K8, full, lane);
+            else if (GLU)
+                qvl_gemv_rows<M, R, XS>(acc, x, w, g, N, K, lane, groups);
             else
                 qvl_gemv_rows<M, R, XS>(acc, x, w, g * R, N, K, lane);
 #pragma unroll
@@ -252,7 +261,21 @@ __device__ __forceinline__ void qvl_gemv_groups(float* __restrict__ y, const qvl
                 for (int m = 0; m < M; m++) sl[j * SLOTS + r * M + m][lane] = acc[r][m];
         }
         __syncwarp();
-        if (lane < j * SLOTS) {
+        if constexpr (GLU) {
+            // Lane 2·jj sums group jj's gate, lane 2·jj + 1 its up; the gate's lane writes.
+            float s = 0.f;
+            if (lane < j * SLOTS) {
+#pragma unroll 8
+                for (int i = 0; i < 32; i++) s += sl[lane][i];
+            }
+            const float u = __shfl_down_sync(QVL_FULL_MASK, s, 1);
+            if (lane < j * SLOTS && (lane & 1) == 0) {
+                const int n = base + (lane >> 1) * stride;
+                const float a = qvl_silu_mul(s, u);
+                y[n] = a;
+                if (y_bf16) y_bf16[n] = qvl_f32_to_bf16(a);
+            }
+        } else if (lane < j * SLOTS) {
             float s = 0.f;
 #pragma unroll 8
             for (int i = 0; i < 32; i++) s += sl[lane][i];
@@ -290,4 +313,15 @@ __device__ __forceinline__ void qvl_gemv_body(float* __restrict__ y, const qvl_b
         qvl_gemv_groups<M, R, WARPS, G, XS, XS>(y, x, w, N, K, sl);
     else
         qvl_gemv_groups<M, R, WARPS, G, XS, false>(y, x, w, N, K, sl);
+}
+
+// qvl_gemv_glu_body is qvl_gemv_body<1, 2> with the GLU epilogue: act[i] = silu(Σ_k x[k]·W[i, k])
+// · Σ_k x[k]·W[I + i, k] for i < I = N / 2, each sum bit for bit qvl_gemv_m1's for its row.
+template <int WARPS = QVL_GEMV_WARPS>
+__device__ __forceinline__ void qvl_gemv_glu_body(float* __restrict__ act, qvl_bf16* __restrict__ act_bf16,
+                                                  const qvl_bf16* __restrict__ x, const qvl_bf16* __restrict__ w,
+                                                  int N, int K) {
+    constexpr int G = 16;  // 32 / (R·M)
+    __shared__ float red[WARPS][32][33];
+    qvl_gemv_groups<1, 2, WARPS, G, false, false, true>(act, x, w, N, K, red[threadIdx.x >> 5], act_bf16);
 }

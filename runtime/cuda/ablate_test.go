@@ -45,6 +45,7 @@ var optinSwitches = []optinSwitch{
 // still measures what each is worth. The opt-in settings keep them on.
 var defaultSwitches = []optinSwitch{
 	{envQKVFold, qkvFoldOn.Load, qkvFoldOn.Store},
+	{envGLU, gluOn.Load, gluOn.Store},
 }
 
 // saveOptins returns a function that sets every opt-in and default switch back to its value now.

@@ -336,3 +336,38 @@ func TestDecodeStepLaunches(t *testing.T) {
 		})
 	}
 }
+
+// TestDecodeStepLaunchesDefault pins the launch count of a batch-1 decode step on the default
+// path (QVL_CUDA_FUSE off): 8 per layer (the qkv GEMM, qvl_qkv, decode attention, the o GEMM,
+// the post-attention add-norm, the gate-up GEMM with SwiGLU as its epilogue, the down GEMM, the
+// residual add with the next layer's input norm — after the last layer, with the final norm)
+// and 4 per step (embedding, the first norm, logit-row gather, LM head); 9 per layer without
+// qvl_gemv_glu. (The emulated model's head size, 32, has no folded decode instance.)
+func TestDecodeStepLaunchesDefault(t *testing.T) {
+	skipShortSim(t, false)
+	b := simBackend(t)
+	withFuse(false, func() {
+		for _, glu := range []bool{true, false} {
+			t.Run(fmt.Sprintf("glu%v", glu), func(t *testing.T) {
+				withGLU(glu, func() {
+					by, total, L := decodeStepLaunches(t, b, false, 40)
+					t.Logf("eager decode step, %d layers: %d launches %v", L, total, by)
+					l := int64(L)
+					want := map[string]int64{
+						"qvl_embed": 1, "qvl_rmsnorm": 1, "qvl_gather_rows": 1, bf16MatMulKernel(1): 3*l + 1,
+						"qvl_qkv": l, "qvl_attn_decode_hd32_g2": l, "qvl_add_rmsnorm": 2 * l, "qvl_gemv_glu": l,
+					}
+					per := int64(8)
+					if !glu {
+						delete(want, "qvl_gemv_glu")
+						want[bf16MatMulKernel(1)] += l
+						want["qvl_swiglu"] = l
+						per = 9
+					}
+					assert.Equal(t, want, by)
+					assert.Equal(t, per*l+4, total)
+				})
+			})
+		}
+	})
+}

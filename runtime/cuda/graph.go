@@ -129,11 +129,17 @@ type eager struct {
 	ml.Backend
 	ml.DeviceSampler
 	ml.Profiler
+	ml.Batcher
 	ml.NormMatMuler
 	ml.SwiGLUMatMuler
+	ml.QKVAttender
+	ml.MLPer
 }
 
 // WithoutGraphs returns b as a backend that does not record graphs (its DeviceSampler,
-// Profiler and fused ops stay), so that a model runs every step op by op, the same kernels as
-// in its graphs: for comparisons, and as a way around a graph problem.
-func WithoutGraphs(b *Backend) ml.Backend { return eager{b, b, b, b, b} }
+// Profiler, Batcher and fused ops stay), so that a model runs every step op by op, the same
+// kernels as in its graphs, each launched by the host: for comparisons (the benchmark's launch
+// overhead is eager − graphs), and as a way around a graph problem. (Until the seventh H100 run
+// it lacked the Batcher, the folded attention and the MLP op: eager steps paid a device-thread
+// hand-off per op and ran qvl_qkv and qvl_swiglu that the graphs did not.)
+func WithoutGraphs(b *Backend) ml.Backend { return eager{b, b, b, b, b, b, b, b} }

@@ -48,6 +48,7 @@ const (
 	kGemv8
 	kNormGemv   // qvl_norm_gemv (fused.go)
 	kSwiGLUGemv // qvl_swiglu_gemv (fused.go)
+	kGemvGLU    // qvl_gemv_glu: the gate-up projection with SwiGLU as its epilogue (glu.go)
 	kSkinny16   // qvl_gemm_skinny_m16, m32, m64 (skinny.go)
 	kSkinny32
 	kSkinny64
@@ -132,6 +133,7 @@ var kernelTable = func() []kernelSpec {
 		kGemv8:       {name: "qvl_gemv_m8", sig: "pppii"},
 		kNormGemv:    {name: "qvl_norm_gemv", sig: "ppppppipiifp"},
 		kSwiGLUGemv:  {name: "qvl_swiglu_gemv", sig: "pppppii"},
+		kGemvGLU:     {name: "qvl_gemv_glu", sig: "ppppii"},
 		kSkinny16:    {name: "qvl_gemm_skinny_m16", sig: sigSkinny, smem: func(int) int { return skinnySmem(1) }, optional: true},
 		kSkinny32:    {name: "qvl_gemm_skinny_m32", sig: sigSkinny, smem: func(int) int { return skinnySmem(2) }, optional: true},
 		kSkinny64:    {name: "qvl_gemm_skinny_m64", sig: sigSkinny, smem: func(int) int { return skinnySmem(4) }, optional: true},

@@ -250,6 +250,15 @@ func CheckNormMatMul(y, h, x, delta, norm, w Tensor) error {
 	return CheckMatMul(y, h, w)
 }
 
+// CheckMLP validates x += delta; h = RMSNorm(x); gu = h · wguᵀ; act = SwiGLU(gu);
+// y = act · wdownᵀ.
+func CheckMLP(y, act, gu, h, x, delta, norm, wgu, wdown Tensor) error {
+	if err := CheckNormMatMul(gu, h, x, delta, norm, wgu); err != nil {
+		return err
+	}
+	return CheckSwiGLUMatMul(y, act, gu, wdown)
+}
+
 // CheckSwiGLUMatMul validates act = SwiGLU(gu); y = act · wᵀ.
 func CheckSwiGLUMatMul(y, act, gu, w Tensor) error {
 	if err := CheckSwiGLU(act, gu); err != nil {

@@ -389,6 +389,36 @@ func SwiGLUMatMulOps(b Backend, y, act, gu, w Tensor) error {
 	return b.MatMul(y, act, w)
 }
 
+// MLPer is implemented by backends that run a decoder layer's MLP block as one op, so that they
+// can choose its fusions as a whole (the CUDA backend: at one row, SwiGLU as the gate-up GEMV's
+// epilogue). The model calls it where the backend has it and MLPOps otherwise.
+type MLPer interface {
+	// MLP adds delta into the residual x in place, writes h = RMSNorm(x) with weight norm and
+	// epsilon eps, act = SwiGLU(h · wgu[2I, H]ᵀ) and y = act · wdown[M, I]ᵀ. gu [N, 2I] is
+	// scratch for the gate-up projection that a fusing backend may leave unwritten: callers must
+	// not read it afterwards. x, delta and h are [N, H], act [N, I].
+	MLP(y, act, gu, h, x, delta, norm, wgu, wdown Tensor, eps float32) error
+}
+
+// MLPOps computes MLP with b's ops: NormMatMul (fused where b is a NormMatMuler) into gu, then
+// SwiGLUMatMul (fused where b is a SwiGLUMatMuler). It is the fallback of the model and of the
+// fusing backends, and the CPU backends' implementation.
+func MLPOps(b Backend, y, act, gu, h, x, delta, norm, wgu, wdown Tensor, eps float32) error {
+	var err error
+	if f, ok := b.(NormMatMuler); ok {
+		err = f.NormMatMul(gu, h, x, delta, norm, wgu, eps)
+	} else {
+		err = NormMatMulOps(b, gu, h, x, delta, norm, wgu, eps)
+	}
+	if err != nil {
+		return err
+	}
+	if f, ok := b.(SwiGLUMatMuler); ok {
+		return f.SwiGLUMatMul(y, act, gu, wdown)
+	}
+	return SwiGLUMatMulOps(b, y, act, gu, wdown)
+}
+
 // SwiGLUMatMuler is implemented by backends that fuse SwiGLU with the MatMul that consumes it
 // (the MLP's down projection). The model calls it where the backend has it and SwiGLU, then
 // MatMul, otherwise.

@@ -383,13 +383,14 @@ func (m *Model) normMatMul(y, h, x, delta, norm, w ml.Tensor) error {
 	return ml.NormMatMulOps(m.b, y, h, x, delta, norm, w, m.eps)
 }
 
-// swigluMatMul writes act = SwiGLU(gu) and y = act·wᵀ: one op on backends that fuse it
-// (ml.SwiGLUMatMuler), else SwiGLU and the MatMul.
-func (m *Model) swigluMatMul(y, act, gu, w ml.Tensor) error {
-	if f, ok := m.b.(ml.SwiGLUMatMuler); ok {
-		return f.SwiGLUMatMul(y, act, gu, w)
+// mlp runs the MLP block: x += delta, h = RMSNorm(x) with weight norm, act = SwiGLU(h·wguᵀ)
+// and y = act·wdownᵀ (gu is the gate-up scratch): one op on backends that run it whole
+// (ml.MLPer, which may leave gu unwritten), else ml.MLPOps.
+func (m *Model) mlp(y, act, gu, h, x, delta, norm, wgu, wdown ml.Tensor) error {
+	if f, ok := m.b.(ml.MLPer); ok {
+		return f.MLP(y, act, gu, h, x, delta, norm, wgu, wdown, m.eps)
 	}
-	return ml.SwiGLUMatMulOps(m.b, y, act, gu, w)
+	return ml.MLPOps(m.b, y, act, gu, h, x, delta, norm, wgu, wdown, m.eps)
 }
 
 // qkvAttention finishes the qkv projection (QKV into qa.Q and the cache) and writes attn over
@@ -416,10 +417,7 @@ func (m *Model) layer(i int, h, x, qkv, attn, o, gu, act, down ml.Tensor, qa ml.
 	if err := b.MatMul(o, attn, L.wo); err != nil {
 		return err
 	}
-	if err := m.normMatMul(gu, h, x, o, L.postNorm, L.wgu); err != nil {
-		return err
-	}
-	if err := m.swigluMatMul(down, act, gu, L.wdown); err != nil {
+	if err := m.mlp(down, act, gu, h, x, o, L.postNorm, L.wgu, L.wdown); err != nil {
 		return err
 	}
 	// DeepStack level i joins the residual stream right after decoder layer i; adding it to the
