@@ -39,21 +39,33 @@
 //                           grid barrier, on the mid, source map and (e, k) lists that the
 //                           previous launch with the same arguments left in scratch and mid.
 //
-// The GEMM path (flags QVL_EMBED_Y_GIVEN, 64): for many embeddings the backend runs the two
-// GEMMs on cuBLASLt instead (runtime/cuda project.go: custom → bf16, fc1, qvl_embed_gelu, fc2)
-// and passes Y = mid·fc2ᵀ (f32 [Ne, K·H], without b2) in place of mid; the launch then settles
-// the winners as above (no lists, no GEMMs, no shared memory) and copies each winning custom
-// row's slice of Y plus b2 (Y[e, k·H + c] + b2[k·H + c], the sum phase C's epilogue makes).
+// The GEMM path (runtime/cuda/project.go): for many embeddings the backend runs the two GEMMs
+// on cuBLASLt and the rest in three small launches sized to their data, none persistent and
+// none with a grid barrier (qvl_embed's registers, ~210 for its GEMMs, allow one block an SM:
+// too few loads in flight for what is a copy):
+//   qvl_embed_prep   cbf = bf16(custom), 8 elements a thread (16-byte stores); srcmap = 0
+//   (cuBLASLt)       h1 = cbf·fc1ᵀ (f32)
+//   qvl_embed_gelu   mid[e, j] = bf16(gelu(h1[e, j] + b1[j])), GEMM1's epilogue (the expression
+//                    embed_gemm1 applies to its tiles), 8 elements a thread; and the winners
+//                    (embed_mark, phase B's atomicMax and index errors, without the lists)
+//   (cuBLASLt)       Y = mid·fc2ᵀ (f32 [Ne, K·H], without b2)
+//   qvl_embed_rows   every row from its winner (embed_copy_rows): text, visual, or custom,
+//                    Y[e, k·H + c] + b2[k·H + c] (the sum GEMM2's epilogue makes), with
+//                    cus_src[r] = e·K + k
+// The map is zeroed and marked in different launches: the launch boundary between them (with
+// fc1 in it) is the ordering that phase A's grid barrier gives the fused kernel.
 //
-//   qvl_embed_gelu  mid[e, j] = bf16(gelu(x[e, j] + b1[j]))   e < Ne, j < hid: GEMM1's epilogue
-//                   for the GEMM path, the expression embed_gemm1 applies to its tiles.
-//
-// Text and visual rows are copied in 16-byte chunks of the flattened row grid (4 in flight per
-// thread) when H % 8 == 0 and the rows are aligned, else a row per block.
+// Rows by copy (embed_copy_rows: text and visual rows on both paths, custom rows on the GEMM
+// path) move 16-byte chunks of the flattened [N, H/8] chunk grid when H % 8 == 0 and the rows
+// are aligned: a thread takes U chunks a round (4 in qvl_embed, 2 in qvl_embed_rows) and issues
+// their loads level by level (winner, then token or source, then data), so that U dependent
+// chains are in flight, not one; otherwise a row per block.
 // Floor: text rows are a gather, N·H·(2+4) bytes. The projector is FLOPs plus its weights:
 // 2·Ne·(D·hid + hid·K·H) FLOPs and (D·hid + hid·K·H)·2 bytes; for 256 embeddings on the 2B
 // shape (D 1024, hid 4096, K·H 8192) that is 19.3 GFLOP and 75 MB: 26 µs at 748 TFLOP/s and
 // 25 µs at 3 TB/s. Issue 6's target is within 1.5× of cuBLAS running the same two GEMMs.
+// The GEMM path's own launches move (Ne·D·6 + Ne·hid·6 + Ne·K·H·4 + N·H·4) bytes: 24.6 MB at
+// that shape (1024 custom rows of H 2048), ~8 µs at 3 TB/s, less where L2 still holds h1 and Y.
 #include "common.cuh"
 
 #define QVL_EMBED_THREADS 256
@@ -61,7 +73,9 @@
 #define ECT (EBN + 8)  // f32 row of the staged GEMM2 output tile
 #define QVL_EMBED_ONLY_AB 16  // debug bit of flags: phases A and B only (see above)
 #define QVL_EMBED_ONLY_C 32   // debug bit of flags: phase C only
-#define QVL_EMBED_Y_GIVEN 64  // flags: Y was computed by the backend (cuBLASLt); mid points to it
+#define QVL_EMBED_ROWS_THREADS 256  // qvl_embed_prep, qvl_embed_gelu, qvl_embed_rows
+#define QVL_EMBED_ROWS_CHUNKS 4         // chunks a thread of embed_copy_rows takes a round in qvl_embed,
+#define QVL_EMBED_ROWS_CUSTOM_CHUNKS 2  // and in qvl_embed_rows (≤ 64 registers: 4 blocks an SM)
 
 // EmbedPipe is the cp.async pipeline of the GEMMs: K slices of BK_ bf16 in STAGES stages, each
 // stage 256 padded rows (A, up to 128 rows, then W, 128 rows).
@@ -265,118 +279,162 @@ __device__ __forceinline__ void embed_gemm2(qvl_bf16* sm, float* __restrict__ ou
     }
 }
 
-// embed_run is the body of qvl_embed (P = EmbedPipe<32>) and qvl_embed_bk64 (EmbedPipe<64>).
-template <class P>
-__device__ __forceinline__ void embed_run(float* __restrict__ out, int N, int H, const int* __restrict__ tokens,
-                                          const void* __restrict__ table, int vocab, const float* __restrict__ visual,
-                                          const int* __restrict__ vis_idx, int Nv, const float* __restrict__ custom,
-                                          const int* __restrict__ cus_idx, const int* __restrict__ cus_src, int Nc, int Ne,
-                                          int D, int hid, int K, const qvl_bf16* __restrict__ fc1,
-                                          const void* __restrict__ b1, const qvl_bf16* __restrict__ fc2,
-                                          const void* __restrict__ b2, int flags, int* scratch, qvl_bf16* mid,
-                                          unsigned* bar, unsigned* err) {
-    QVL_DYN_SMEM(qvl_bf16, sm);  // P::SMEM bytes when Nc > 0; untouched otherwise
-    const int table_bf16 = flags & 1, b1_bf16 = (flags >> 1) & 1, b2_bf16 = (flags >> 2) & 1;
-    const bool tanh_form = (flags >> 3) & 1;
-    const bool only_ab = (flags & QVL_EMBED_ONLY_AB) != 0, only_c = (flags & QVL_EMBED_ONLY_C) != 0;
-    const bool y_given = (flags & QVL_EMBED_Y_GIVEN) != 0;
+__device__ __forceinline__ bool embed_aligned16(const void* p) { return (reinterpret_cast<unsigned long long>(p) & 15) == 0; }
+
+// embed_u4_floats reads 8 floats from their bits in two uint4.
+__device__ __forceinline__ void embed_u4_floats(const uint4 (&u)[2], float* f) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        f[4 * h] = __uint_as_float(u[h].x), f[4 * h + 1] = __uint_as_float(u[h].y);
+        f[4 * h + 2] = __uint_as_float(u[h].z), f[4 * h + 3] = __uint_as_float(u[h].w);
+    }
+}
+
+// embed_mark settles each row's winner: srcmap[d] (zero before) becomes the largest of 1 + r
+// over the visual rows r with vis_idx[r] = d and 1 + Nv + r over the custom rows r with
+// cus_idx[r] = d and a valid cus_src[r], raising QVL_ERR_VISUAL_IDX, _CUSTOM_IDX and
+// _CUSTOM_SRC for bad entries (which then write nothing). With head, each custom row is also
+// pushed on the list of its (e, k) (the fused path's GEMM2 scatter; head -1 before).
+__device__ __forceinline__ void embed_mark(int* srcmap, int N, const int* __restrict__ vis_idx, int Nv,
+                                           const int* __restrict__ cus_idx, const int* __restrict__ cus_src, int Nc,
+                                           int NeK, int* head, int* next, unsigned* err) {
+    const long long gstride = (long long)gridDim.x * blockDim.x, gtid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (long long r = gtid; r < Nv; r += gstride) {
+        const int d = vis_idx[r];
+        if (d < 0 || d >= N) qvl_raise(err, QVL_ERR_VISUAL_IDX);
+        else atomicMax(&srcmap[d], (int)(1 + r));
+    }
+    for (long long r = gtid; r < Nc; r += gstride) {
+        const int d = cus_idx[r], src = cus_src[r];
+        if (d < 0 || d >= N) {
+            qvl_raise(err, QVL_ERR_CUSTOM_IDX);
+        } else if (src < 0 || src >= NeK) {
+            qvl_raise(err, QVL_ERR_CUSTOM_SRC);
+        } else {
+            atomicMax(&srcmap[d], (int)(1 + Nv + r));
+            if (head != nullptr) next[r] = atomicExch(&head[src], (int)r);
+        }
+    }
+}
+
+// embed_copy_rows writes every row of out whose winner (srcmap, null: all text) it copies:
+// text rows from the table (NaN and QVL_ERR_TOKEN for a token outside it), visual rows, and,
+// with CUSTOM (the GEMM path), custom rows: row r of the custom list takes
+// Y[e, k·H + c] + b2[k·H + c] with cus_src[r] = e·K + k (Y f32 [Ne, K·H]). Without CUSTOM the
+// custom rows are left alone (the fused path's GEMM2 scatter writes them) and Y, b2 unused.
+// Every thread of the grid calls it; any grid works.
+//
+// Vector form (H % 8 == 0, out, table, visual, Y and b2 16-byte aligned): the flattened
+// [N, H/8] grid of 16-byte chunks, U chunks a thread a round, their loads issued level by
+// level (the winners, then the tokens or sources, then the data, kept raw) before any of their
+// arithmetic and stores, so that a thread has U dependent chains in flight instead of one. A
+// loop of one element per thread per row made a 4096-token prefill's gather a chain of
+// dependent round trips (122 µs on the H100 for 50 MB), and the GEMM path's scalar custom rows
+// 70 µs for 8 MB. Otherwise a row per block.
+template <int U, bool CUSTOM>
+__device__ __forceinline__ void embed_copy_rows(float* __restrict__ out, int N, int H, const int* __restrict__ tokens,
+                                                const void* __restrict__ table, int table_bf16, int vocab,
+                                                const float* __restrict__ visual, int Nv, const int* srcmap,
+                                                const int* __restrict__ cus_src, int NeK, int K, const float* __restrict__ Y,
+                                                const void* __restrict__ b2, int b2_bf16, unsigned* err) {
     const int nb = gridDim.x, bid = blockIdx.x, tid = threadIdx.x;
     const long long gstride = (long long)nb * blockDim.x, gtid = (long long)bid * blockDim.x + tid;
-    const bool maps = Nv > 0 || Nc > 0;
-    int* srcmap = scratch;      // [N]: 0 text, 1+r visual r, 1+Nv+r custom r
-    int* head = scratch + N;    // [Ne·K]: first custom row taking (e, k), -1 none
-    int* next = head + Ne * K;  // [Nc]: next custom row taking the same (e, k)
-    // custom rounded to bf16, [Ne × D], after mid's Ne·hid elements rounded up to 8 (16-byte aligned)
-    qvl_bf16* cbf = mid + (((long long)Ne * hid + 7) / 8) * 8;
-
-    if (maps && !only_c) {
-        for (long long i = gtid; i < N; i += gstride) srcmap[i] = 0;
-        if (Nc > 0 && !y_given) {
-            for (long long i = gtid; i < (long long)Ne * K; i += gstride) head[i] = -1;
-            for (long long i = gtid; i < (long long)Ne * D; i += gstride) cbf[i] = qvl_f32_to_bf16(custom[i]);
-        }
-        qvl_grid_sync(bar);
-        for (long long r = gtid; r < Nv; r += gstride) {
-            const int d = vis_idx[r];
-            if (d < 0 || d >= N) qvl_raise(err, QVL_ERR_VISUAL_IDX);
-            else atomicMax(&srcmap[d], (int)(1 + r));
-        }
-        for (long long r = gtid; r < Nc; r += gstride) {
-            const int d = cus_idx[r], src = cus_src[r];
-            if (d < 0 || d >= N) {
-                qvl_raise(err, QVL_ERR_CUSTOM_IDX);
-            } else if (src < 0 || src >= Ne * K) {
-                qvl_raise(err, QVL_ERR_CUSTOM_SRC);
-            } else {
-                atomicMax(&srcmap[d], (int)(1 + Nv + r));
-                if (!y_given) next[r] = atomicExch(&head[src], (int)r);
-            }
-        }
-        if (Nc > 0 && !y_given) embed_gemm1<P>(sm, cbf, Ne, D, fc1, b1, b1_bf16, hid, tanh_form, mid);
-        if (!only_ab) qvl_grid_sync(bar);
-    }
-    if (only_ab) return;  // debug: phases A and B alone (the bit is the same for the whole grid)
-
-    if (Nc > 0 && y_given) {
-        // The GEMM path: each winning custom row takes its slice of Y (mid holds Y) plus b2.
-        const float* Y = reinterpret_cast<const float*>(mid);
-        const int KH = K * H;
-        const long long total = (long long)Nc * H;
-        for (long long i = gtid; i < total; i += gstride) {
-            const int r = (int)(i / H), c = (int)(i - (long long)r * H);
-            const int d = cus_idx[r];
-            if (d < 0 || d >= N || __ldcg(&srcmap[d]) != 1 + Nv + r) continue;  // phase B raised a bad d
-            const int src = cus_src[r], e = src / K, kk = src - e * K;
-            out[(long long)d * H + c] = Y[(long long)e * KH + kk * H + c] + qvl_load_weight(b2, b2_bf16, kk * H + c);
-        }
-    } else if (Nc > 0) {
-        if (Ne > 64) embed_gemm2<P, 4>(sm, out, H, Nv, cus_idx, Ne, hid, K, mid, fc2, b2, b2_bf16, srcmap, head, next);
-        else embed_gemm2<P, 2>(sm, out, H, Nv, cus_idx, Ne, hid, K, mid, fc2, b2, b2_bf16, srcmap, head, next);
-    }
-
-    // Text and visual rows. With H % 8 == 0 and aligned rows (the models' case) every thread
-    // copies 16-byte chunks of the flattened [N, H/8] chunk grid, 4 chunks in flight: a loop of
-    // one element per thread per row made a 4096-token prefill's gather a chain of dependent
-    // round trips (122 µs on the H100 for 50 MB).
-    const bool vec = (H % 8) == 0 && (reinterpret_cast<unsigned long long>(out) & 15) == 0 &&
-                     (reinterpret_cast<unsigned long long>(table) & 15) == 0 &&
-                     (Nv == 0 || (reinterpret_cast<unsigned long long>(visual) & 15) == 0);
+    const long long KH = (long long)K * H;
+    const bool vec = (H % 8) == 0 && embed_aligned16(out) && embed_aligned16(table) &&
+                     (Nv == 0 || embed_aligned16(visual)) && (!CUSTOM || (embed_aligned16(Y) && embed_aligned16(b2)));
     if (vec) {
+        // What a chunk's stage 4 does with its raw data d (and bias b).
+        enum { SKIP, F32, BF16, NANS, YB2 };
         const int hc = H / 8;
         const long long total = (long long)N * hc;
-#pragma unroll 4
-        for (long long e = gtid; e < total; e += gstride) {
-            const int i = (int)(e / hc), c8 = (int)(e - (long long)i * hc);
-            const int s = maps ? __ldcg(&srcmap[i]) : 0;
-            float4* dst = reinterpret_cast<float4*>(out + (long long)i * H + c8 * 8);
-            if (s == 0) {
-                const int tok = tokens[i];
-                if (tok < 0 || tok >= vocab) {
-                    if (c8 == 0) qvl_raise(err, QVL_ERR_TOKEN);
-                    dst[0] = dst[1] = make_float4(NAN, NAN, NAN, NAN);
-                } else if (table_bf16) {
-                    const uint4 v = *reinterpret_cast<const uint4*>(reinterpret_cast<const qvl_bf16*>(table) +
-                                                                    (long long)tok * H + c8 * 8);
-                    float f[8];
-                    qvl_unpack8(v, f);
-                    dst[0] = make_float4(f[0], f[1], f[2], f[3]);
-                    dst[1] = make_float4(f[4], f[5], f[6], f[7]);
-                } else {
-                    const float4* src = reinterpret_cast<const float4*>(reinterpret_cast<const float*>(table) +
-                                                                        (long long)tok * H + c8 * 8);
-                    dst[0] = src[0];
-                    dst[1] = src[1];
+        for (long long e0 = gtid; e0 < total; e0 += U * gstride) {
+            // 1: the winner s (0 text, 1 + r visual r, 1 + Nv + r custom r; -1 past the end).
+            int row[U], c8[U], s[U], x[U], kind[U];
+#pragma unroll
+            for (int j = 0; j < U; j++) {
+                const long long e = e0 + (long long)j * gstride;
+                row[j] = total <= 0x7fffffff ? (int)((unsigned)e / (unsigned)hc) : (int)(e / hc);
+                c8[j] = (int)(e - (long long)row[j] * hc);
+                s[j] = e >= total ? -1 : srcmap != nullptr ? __ldcg(&srcmap[row[j]]) : 0;
+            }
+            // 2: x, the token of a text row or the source e·K + k of a custom row.
+#pragma unroll
+            for (int j = 0; j < U; j++) {
+                x[j] = 0;
+                if (s[j] == 0) x[j] = tokens[row[j]];
+                else if (CUSTOM && s[j] > Nv) x[j] = cus_src[s[j] - 1 - Nv];
+            }
+            // 3: the data, raw: no arithmetic on it here, so that no load waits for another.
+            uint4 d[U][2], b[U][2];
+#pragma unroll
+            for (int j = 0; j < U; j++) {
+                kind[j] = SKIP;
+                if (s[j] == 0) {
+                    if (x[j] < 0 || x[j] >= vocab) {
+                        kind[j] = NANS;
+                        if (c8[j] == 0) qvl_raise(err, QVL_ERR_TOKEN);
+                    } else if (table_bf16) {
+                        kind[j] = BF16;
+                        d[j][0] = *reinterpret_cast<const uint4*>(reinterpret_cast<const qvl_bf16*>(table) +
+                                                                  (long long)x[j] * H + c8[j] * 8);
+                    } else {
+                        kind[j] = F32;
+                        const uint4* src = reinterpret_cast<const uint4*>(reinterpret_cast<const float*>(table) +
+                                                                          (long long)x[j] * H + c8[j] * 8);
+                        d[j][0] = src[0];
+                        d[j][1] = src[1];
+                    }
+                } else if (s[j] > 0 && s[j] <= Nv) {
+                    kind[j] = F32;
+                    const uint4* src = reinterpret_cast<const uint4*>(visual + (long long)(s[j] - 1) * H + c8[j] * 8);
+                    d[j][0] = src[0];
+                    d[j][1] = src[1];
+                } else if (CUSTOM && s[j] > Nv && x[j] >= 0 && x[j] < NeK) {  // embed_mark marks no bad source
+                    kind[j] = YB2;
+                    const int e = x[j] / K, k = x[j] - e * K;
+                    const uint4* y = reinterpret_cast<const uint4*>(Y + e * KH + (long long)k * H + c8[j] * 8);
+                    d[j][0] = y[0];
+                    d[j][1] = y[1];
+                    if (b2_bf16) {
+                        b[j][0] = *reinterpret_cast<const uint4*>(reinterpret_cast<const qvl_bf16*>(b2) + (long long)k * H +
+                                                                  c8[j] * 8);
+                    } else {
+                        const uint4* bp = reinterpret_cast<const uint4*>(reinterpret_cast<const float*>(b2) +
+                                                                         (long long)k * H + c8[j] * 8);
+                        b[j][0] = bp[0];
+                        b[j][1] = bp[1];
+                    }
                 }
-            } else if (s <= Nv) {
-                const float4* src = reinterpret_cast<const float4*>(visual + (long long)(s - 1) * H + c8 * 8);
-                dst[0] = src[0];
-                dst[1] = src[1];
+            }
+            // 4: the rows' values, stored.
+#pragma unroll
+            for (int j = 0; j < U; j++) {
+                if (kind[j] == SKIP) continue;
+                float f[8];
+                if (kind[j] == BF16) {
+                    qvl_unpack8(d[j][0], f);
+                } else if (kind[j] == NANS) {
+#pragma unroll
+                    for (int c = 0; c < 8; c++) f[c] = NAN;
+                } else {
+                    embed_u4_floats(d[j], f);
+                }
+                if (CUSTOM && kind[j] == YB2) {
+                    float bf[8];
+                    if (b2_bf16) qvl_unpack8(b[j][0], bf);
+                    else embed_u4_floats(b[j], bf);
+#pragma unroll
+                    for (int c = 0; c < 8; c++) f[c] += bf[c];
+                }
+                float4* dst = reinterpret_cast<float4*>(out + (long long)row[j] * H + c8[j] * 8);
+                dst[0] = make_float4(f[0], f[1], f[2], f[3]);
+                dst[1] = make_float4(f[4], f[5], f[6], f[7]);
             }
         }
         return;
     }
     for (int i = bid; i < N; i += nb) {
-        const int s = maps ? __ldcg(&srcmap[i]) : 0;
+        const int s = srcmap != nullptr ? __ldcg(&srcmap[i]) : 0;
         float* dst = out + (long long)i * H;
         if (s == 0) {
             const int tok = tokens[i];
@@ -395,8 +453,57 @@ __device__ __forceinline__ void embed_run(float* __restrict__ out, int N, int H,
         } else if (s <= Nv) {
             const float* src = visual + (long long)(s - 1) * H;
             for (int c = tid; c < H; c += blockDim.x) dst[c] = src[c];
+        } else if (CUSTOM) {
+            const int src = cus_src[s - 1 - Nv];
+            if (src < 0 || src >= NeK) continue;  // embed_mark marks no row with a bad source
+            const int e = src / K, k = src - e * K;
+            const float* y = Y + e * KH + (long long)k * H;
+            for (int c = tid; c < H; c += blockDim.x) dst[c] = y[c] + qvl_load_weight(b2, b2_bf16, (long long)k * H + c);
         }
     }
+}
+
+// embed_run is the body of qvl_embed (P = EmbedPipe<32>) and qvl_embed_bk64 (EmbedPipe<64>).
+template <class P>
+__device__ __forceinline__ void embed_run(float* __restrict__ out, int N, int H, const int* __restrict__ tokens,
+                                          const void* __restrict__ table, int vocab, const float* __restrict__ visual,
+                                          const int* __restrict__ vis_idx, int Nv, const float* __restrict__ custom,
+                                          const int* __restrict__ cus_idx, const int* __restrict__ cus_src, int Nc, int Ne,
+                                          int D, int hid, int K, const qvl_bf16* __restrict__ fc1,
+                                          const void* __restrict__ b1, const qvl_bf16* __restrict__ fc2,
+                                          const void* __restrict__ b2, int flags, int* scratch, qvl_bf16* mid,
+                                          unsigned* bar, unsigned* err) {
+    QVL_DYN_SMEM(qvl_bf16, sm);  // P::SMEM bytes when Nc > 0; untouched otherwise
+    const int table_bf16 = flags & 1, b1_bf16 = (flags >> 1) & 1, b2_bf16 = (flags >> 2) & 1;
+    const bool tanh_form = (flags >> 3) & 1;
+    const bool only_ab = (flags & QVL_EMBED_ONLY_AB) != 0, only_c = (flags & QVL_EMBED_ONLY_C) != 0;
+    const long long gstride = (long long)gridDim.x * blockDim.x, gtid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const bool maps = Nv > 0 || Nc > 0;
+    int* srcmap = scratch;      // [N]: 0 text, 1+r visual r, 1+Nv+r custom r
+    int* head = scratch + N;    // [Ne·K]: first custom row taking (e, k), -1 none
+    int* next = head + Ne * K;  // [Nc]: next custom row taking the same (e, k)
+    // custom rounded to bf16, [Ne × D], after mid's Ne·hid elements rounded up to 8 (16-byte aligned)
+    qvl_bf16* cbf = mid + (((long long)Ne * hid + 7) / 8) * 8;
+
+    if (maps && !only_c) {
+        for (long long i = gtid; i < N; i += gstride) srcmap[i] = 0;
+        if (Nc > 0) {
+            for (long long i = gtid; i < (long long)Ne * K; i += gstride) head[i] = -1;
+            for (long long i = gtid; i < (long long)Ne * D; i += gstride) cbf[i] = qvl_f32_to_bf16(custom[i]);
+        }
+        qvl_grid_sync(bar);
+        embed_mark(srcmap, N, vis_idx, Nv, cus_idx, cus_src, Nc, Ne * K, head, next, err);
+        if (Nc > 0) embed_gemm1<P>(sm, cbf, Ne, D, fc1, b1, b1_bf16, hid, tanh_form, mid);
+        if (!only_ab) qvl_grid_sync(bar);
+    }
+    if (only_ab) return;  // debug: phases A and B alone (the bit is the same for the whole grid)
+
+    if (Nc > 0) {
+        if (Ne > 64) embed_gemm2<P, 4>(sm, out, H, Nv, cus_idx, Ne, hid, K, mid, fc2, b2, b2_bf16, srcmap, head, next);
+        else embed_gemm2<P, 2>(sm, out, H, Nv, cus_idx, Ne, hid, K, mid, fc2, b2, b2_bf16, srcmap, head, next);
+    }
+    embed_copy_rows<QVL_EMBED_ROWS_CHUNKS, false>(out, N, H, tokens, table, table_bf16, vocab, visual, Nv,
+                                                  maps ? srcmap : nullptr, cus_src, Ne * K, K, nullptr, b2, b2_bf16, err);
 }
 
 // The two entries (see the header): the same parameters, QVL_PDL_ENTER() first in each.
@@ -423,14 +530,78 @@ extern "C" __global__ void __launch_bounds__(QVL_EMBED_THREADS, 1) qvl_embed_bk6
 }
 QVL_REGISTER(qvl_embed_bk64)
 
-extern "C" __global__ void __launch_bounds__(256)
-qvl_embed_gelu(qvl_bf16* __restrict__ mid, const float* __restrict__ x, const void* __restrict__ b1, int b1_bf16, int tanh_form,
-               int Ne, int hid) {
+// ── The GEMM path's launches (see the header), block QVL_EMBED_ROWS_THREADS, any grid. ──────
+
+// qvl_embed_prep: cbf[i] = bf16(custom[i]) for i < n (8 a thread when both are 16-byte
+// aligned), and srcmap[i] = 0 for i < N.
+extern "C" __global__ void __launch_bounds__(QVL_EMBED_ROWS_THREADS)
+qvl_embed_prep(qvl_bf16* __restrict__ cbf, const float* __restrict__ custom, long long n, int* __restrict__ srcmap, int N) {
     QVL_PDL_ENTER();
-    const long long n = (long long)Ne * hid, stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const int col = (int)(i % hid);
-        mid[i] = qvl_f32_to_bf16(embed_gelu(x[i] + qvl_load_weight(b1, b1_bf16, col), tanh_form != 0));
+    const long long stride = (long long)gridDim.x * blockDim.x, t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (long long i = t; i < N; i += stride) srcmap[i] = 0;
+    long long done = 0;
+    if (embed_aligned16(cbf) && embed_aligned16(custom)) {
+        done = n / 8 * 8;
+        for (long long q = t; q < n / 8; q += stride) {
+            const float4* x = reinterpret_cast<const float4*>(custom) + 2 * q;
+            const float4 a = x[0], b = x[1];
+            reinterpret_cast<uint4*>(cbf)[q] = make_uint4(qvl_pack_bf16(a.x, a.y), qvl_pack_bf16(a.z, a.w),
+                                                          qvl_pack_bf16(b.x, b.y), qvl_pack_bf16(b.z, b.w));
+        }
     }
+    for (long long i = done + t; i < n; i += stride) cbf[i] = qvl_f32_to_bf16(custom[i]);
+}
+QVL_REGISTER(qvl_embed_prep)
+
+// qvl_embed_gelu: mid[e, j] = bf16(gelu(x[e, j] + b1[j])) for e < Ne, j < hid (Ne·hid < 2^31,
+// the backend checks), 8 a thread when hid % 8 == 0 and mid, x, b1 are 16-byte aligned; then
+// the winners of the rows (embed_mark, without lists: qvl_embed_prep zeroed srcmap).
+extern "C" __global__ void __launch_bounds__(QVL_EMBED_ROWS_THREADS)
+qvl_embed_gelu(qvl_bf16* __restrict__ mid, const float* __restrict__ x, const void* __restrict__ b1, int flags, int Ne,
+               int hid, int* srcmap, int N, const int* __restrict__ vis_idx, int Nv, const int* __restrict__ cus_idx,
+               const int* __restrict__ cus_src, int Nc, int NeK, unsigned* err) {
+    QVL_PDL_ENTER();
+    const int b1_bf16 = (flags >> 1) & 1;
+    const bool tanh_form = (flags >> 3) & 1;
+    embed_mark(srcmap, N, vis_idx, Nv, cus_idx, cus_src, Nc, NeK, nullptr, nullptr, err);
+    const int stride = gridDim.x * blockDim.x, t = blockIdx.x * blockDim.x + threadIdx.x;
+    const int n = Ne * hid;
+    if (hid % 8 == 0 && embed_aligned16(mid) && embed_aligned16(x) && embed_aligned16(b1)) {
+        const int hc = hid / 8;
+        for (int q = t; q < n / 8; q += stride) {
+            const int col = (q % hc) * 8;
+            const float4* xp = reinterpret_cast<const float4*>(x) + 2 * q;
+            const float4 a = xp[0], c = xp[1];
+            float b[8];
+            if (b1_bf16) {
+                qvl_unpack8(*reinterpret_cast<const uint4*>(reinterpret_cast<const qvl_bf16*>(b1) + col), b);
+            } else {
+                const float4* bp = reinterpret_cast<const float4*>(reinterpret_cast<const float*>(b1) + col);
+                const float4 b0 = bp[0], b4 = bp[1];
+                b[0] = b0.x, b[1] = b0.y, b[2] = b0.z, b[3] = b0.w, b[4] = b4.x, b[5] = b4.y, b[6] = b4.z, b[7] = b4.w;
+            }
+            const float v[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
+            unsigned o[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+                o[k] = qvl_pack_bf16(embed_gelu(v[2 * k] + b[2 * k], tanh_form), embed_gelu(v[2 * k + 1] + b[2 * k + 1], tanh_form));
+            reinterpret_cast<uint4*>(mid)[q] = make_uint4(o[0], o[1], o[2], o[3]);
+        }
+        return;
+    }
+    for (int i = t; i < n; i += stride)
+        mid[i] = qvl_f32_to_bf16(embed_gelu(x[i] + qvl_load_weight(b1, b1_bf16, i % hid), tanh_form));
 }
 QVL_REGISTER(qvl_embed_gelu)
+
+// qvl_embed_rows: every row of out from its winner (srcmap, marked by qvl_embed_gelu), by
+// embed_copy_rows with Y (f32 [Ne, K·H], mid·fc2ᵀ without b2). flags as qvl_embed's.
+extern "C" __global__ void __launch_bounds__(QVL_EMBED_ROWS_THREADS, 4)
+qvl_embed_rows(float* __restrict__ out, int N, int H, const int* __restrict__ tokens, const void* __restrict__ table,
+               int vocab, const float* __restrict__ visual, int Nv, const int* srcmap, const int* __restrict__ cus_src,
+               int NeK, int K, const float* __restrict__ Y, const void* __restrict__ b2, int flags, unsigned* err) {
+    QVL_PDL_ENTER();
+    embed_copy_rows<QVL_EMBED_ROWS_CUSTOM_CHUNKS, true>(out, N, H, tokens, table, flags & 1, vocab, visual, Nv, srcmap,
+                                                        cus_src, NeK, K, Y, b2, (flags >> 2) & 1, err);
+}
+QVL_REGISTER(qvl_embed_rows)

@@ -557,14 +557,20 @@ func tileL2Bytes(m, n, k, bm, bn int) float64 {
 }
 
 // embedShapes measures EmbedProject projecting sz.projNe custom embeddings (sz.projK rows of
-// hidden size h each, every row custom) on both kernels, qvl_embed (K slices of 32) and
+// hidden size h each, every row custom). The issue-6 row, "fused projection …", is what users
+// get: EmbedProject's default path at that size (the GEMM path from embedGEMMMinNe embeddings
+// on), its stream time a call (launch gaps included) against cuBLAS running the two GEMMs, with
+// its kernels' times. Then the fused kernels alone, qvl_embed (K slices of 32) and
 // qvl_embed_bk64 (64; measured whatever QVL_EMBED_BK says): the whole kernel, phases A and B
-// alone (GEMM1) and phase C alone (GEMM2 and the scatter; Backend.embedPhase), beside cuBLAS
-// running the two GEMMs. Each row's floor is its FLOPs at 748 TFLOP/s and the bytes its tiles
-// read from L2 into the SMs. It checks that both kernels write the same bits.
+// alone (GEMM1) and phase C alone (GEMM2 and the scatter; Backend.embedPhase), each with its
+// floor (FLOPs at 748 TFLOP/s, the bytes its tiles read from L2 into the SMs); and the GEMM
+// path forced, kernel by kernel. It checks that both fused kernels write the same bits and
+// that the GEMM path agrees with them.
 //
 // Launch order (scripts/gpu-check.sh's ncu-embed step counts on it): qvl_embed's warm-up, then
-// sz.reps timed whole launches of qvl_embed, so qvl_embed launch 1 is a timed whole one.
+// sz.reps timed whole launches of qvl_embed, so qvl_embed launch 1 is a timed whole one; the
+// GEMM path's kernels (qvl_embed_prep, _gelu, _rows, which its regex also matches) run after
+// the fused kernels' measurements.
 func embedShapes(t *testing.T, b *Backend, rep *benchReport, h int, sz benchSizes) {
 	ne, d, hid, kt := sz.projNe, sz.projD, sz.projHid, sz.projK
 	r := rand.New(rand.NewPCG(11, 11))
@@ -652,19 +658,48 @@ func embedShapes(t *testing.T, b *Backend, rep *benchReport, h int, sz benchSize
 		return fmt.Sprintf("%.1f µs FLOPs; %.0f MB L2→SM (%.1f µs at ~5.5 TB/s)", flops/h100BF16FlopsPerSec*1e6, l2/1e6,
 			l2/h100L2BytesPerSec*1e6)
 	}
+	// The GEMM path (project.go), what EmbedProject runs from embedGEMMMinNe embeddings on: all
+	// of its kernels, against the fused kernel's output.
+	b.embedBK64, b.embedPath = false, embedGEMMs
+	require.NoError(t, embed()) // warm-up (cuBLASLt plans)
+	gemmOut := e.read(out)
+	gemmKernels, gemmParts := kernelSum(profile(embed), reps, us)
+	var num, den float64
+	for i := range whole32 {
+		d := float64(gemmOut[i]) - float64(whole32[i])
+		num, den = num+d*d, den+float64(whole32[i])*float64(whole32[i])
+	}
+	rel := math.Sqrt(num / den)
+	assert.Less(t, rel, 1e-2, "the GEMM path's rows against qvl_embed's")
+
+	// What users get: EmbedProject's default path at ne embeddings (embedUsesGEMMs), its stream
+	// time per call (launch gaps included) and its kernels.
+	b.embedPath = embedAuto
+	require.NoError(t, embed()) // warm-up
+	defPath := "the fused kernel qvl_embed"
+	if b.embedUsesGEMMs(ne) {
+		defPath = "the GEMM path"
+	}
+	defKernels, defParts := kernelSum(profile(embed), reps, us)
+	defStream := streamTime(t, b, reps, embed)
+
 	target := fmt.Sprintf("≤ 1.5 × cuBLAS = %.0f µs", 1.5*us(g1+g2))
 	weights := 2 * (float64(d*hid) + float64(hid*kt*h))
-	rep.add(fmt.Sprintf("fused projection %d emb → %d tokens (qvl_embed)", ne, kt), us(p32.whole), "µs", target,
-		fmt.Sprintf("%.1f µs FLOPs, %.1f µs weights; %.0f MB L2→SM", (f1+f2)/h100BF16FlopsPerSec*1e6,
-			weights/h100CopyBytesPerSec*1e6, (l1+l2)/1e6))
+	rep.add(fmt.Sprintf("fused projection %d emb → %d tokens", ne, kt), us(defStream), "µs", target,
+		fmt.Sprintf("EmbedProject's default (%s), stream time a call: %.2f × cuBLAS; its kernels %.1f µs: %s; %.1f µs FLOPs, %.1f µs weights",
+			defPath, float64(defStream)/float64(g1+g2), us(defKernels), defParts, (f1+f2)/h100BF16FlopsPerSec*1e6,
+			weights/h100CopyBytesPerSec*1e6))
 	rep.add("  cuBLAS fc1 + fc2 GEMMs (bf16)", us(g1+g2), "µs", "",
-		fmt.Sprintf("ratio fused / cuBLAS = %.2f; fc1 %.1f µs, fc2 %.1f µs", float64(p32.whole)/float64(g1+g2), us(g1), us(g2)))
+		fmt.Sprintf("default / cuBLAS = %.2f, qvl_embed / cuBLAS = %.2f; fc1 %.1f µs, fc2 %.1f µs",
+			float64(defStream)/float64(g1+g2), float64(p32.whole)/float64(g1+g2), us(g1), us(g2)))
+	rep.add(fmt.Sprintf("fused projection %d emb → %d tokens (qvl_embed)", ne, kt), us(p32.whole), "µs", "",
+		fmt.Sprintf("the fused kernel alone (the default below %d embeddings); %.0f MB L2→SM", embedGEMMMinNe, (l1+l2)/1e6))
 	for _, v := range []struct {
 		name string
 		ph   phases
 	}{{"qvl_embed", p32}, {"qvl_embed_bk64", p64}} {
 		if v.name != "qvl_embed" {
-			rep.add(fmt.Sprintf("fused projection %d emb → %d tokens (%s)", ne, kt, v.name), us(v.ph.whole), "µs", target,
+			rep.add(fmt.Sprintf("fused projection %d emb → %d tokens (%s)", ne, kt, v.name), us(v.ph.whole), "µs", "",
 				fmt.Sprintf("QVL_EMBED_BK=64: %.2f × qvl_embed, %.2f × cuBLAS", float64(v.ph.whole)/float64(p32.whole),
 					float64(v.ph.whole)/float64(g1+g2)))
 		}
@@ -675,28 +710,57 @@ func embedShapes(t *testing.T, b *Backend, rep *benchReport, h int, sz benchSize
 		rep.add(fmt.Sprintf("  %s whole − (A+B) − C", v.name), us(v.ph.whole-v.ph.ab-v.ph.c), "µs", "",
 			"the second grid barrier less a launch (each row pays one)")
 	}
+	rep.add(fmt.Sprintf("EmbedProject %d emb → %d tokens, GEMM path (all its kernels)", ne, kt), us(gemmKernels), "µs", target,
+		fmt.Sprintf("%.2f × cuBLAS; rel L2 %.1e vs qvl_embed; µs: %s", float64(gemmKernels)/float64(g1+g2), rel, gemmParts))
+}
 
-	// The GEMM path (project.go), what EmbedProject runs from embedGEMMMinNe embeddings on: all
-	// of its kernels, against the fused kernel's output.
-	b.embedBK64, b.embedPath = false, embedGEMMs
-	require.NoError(t, embed()) // warm-up (cuBLASLt plans)
-	gemmOut := e.read(out)
+// kernelSum returns the GPU time a call of the kernels in prof (reps calls) and their times a
+// call, "name µs" joined by commas.
+func kernelSum(prof []ml.OpTime, reps int, us func(time.Duration) float64) (time.Duration, string) {
 	var total time.Duration
 	var parts []string
-	for _, o := range profile(embed) {
+	for _, o := range prof {
 		total += o.Total
 		parts = append(parts, fmt.Sprintf("%s %.1f", o.Name, us(o.Total)/float64(reps)))
 	}
-	total /= time.Duration(reps)
-	var num, den float64
-	for i := range whole32 {
-		d := float64(gemmOut[i]) - float64(whole32[i])
-		num, den = num+d*d, den+float64(whole32[i])*float64(whole32[i])
+	return total / time.Duration(reps), strings.Join(parts, ", ")
+}
+
+// streamTime runs fn reps times behind a held stream (profiler off) and returns the stream's
+// time a call between events recorded before the first and after the last: the kernels and the
+// gaps between them, without the host's launch time.
+func streamTime(t *testing.T, b *Backend, reps int, fn func() error) time.Duration {
+	var start, end uintptr
+	require.NoError(t, b.dev.do(func() error {
+		var err error
+		if start, err = b.dev.newEvent(); err != nil {
+			return err
+		}
+		end, err = b.dev.newEvent()
+		return err
+	}))
+	defer func() {
+		_ = b.dev.do(func() error {
+			b.dev.destroyEvent(start)
+			b.dev.destroyEvent(end)
+			return nil
+		})
+	}()
+	require.NoError(t, b.Hold(10*time.Millisecond))
+	require.NoError(t, b.dev.do(func() error { return b.dev.record(start) }))
+	for i := 0; i < reps; i++ {
+		require.NoError(t, fn())
 	}
-	rel := math.Sqrt(num / den)
-	assert.Less(t, rel, 1e-2, "the GEMM path's rows against qvl_embed's")
-	rep.add(fmt.Sprintf("EmbedProject %d emb → %d tokens, GEMM path (all its kernels)", ne, kt), us(total), "µs", target,
-		fmt.Sprintf("%.2f × cuBLAS; rel L2 %.1e vs qvl_embed; µs: %s", float64(total)/float64(g1+g2), rel, strings.Join(parts, ", ")))
+	require.NoError(t, b.dev.do(func() error { return b.dev.record(end) }))
+	require.NoError(t, b.Sync())
+	var dt time.Duration
+	require.NoError(t, b.dev.do(func() error {
+		var err error
+		dt, err = b.dev.elapsed(start, end)
+		return err
+	}))
+	require.Positive(t, dt, "the stream time of %d calls", reps)
+	return dt / time.Duration(reps)
 }
 
 // TestGPUEmbedShapes runs embedShapes alone on the 2B's shape (no checkpoint needed; about a

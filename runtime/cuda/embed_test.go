@@ -6,6 +6,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/qvl-dev/qvl/runtime/ml"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -224,6 +225,114 @@ func TestEmbedBadCustomRows(t *testing.T) {
 				require.NoError(t, b.Sync(), "the flag is cleared once reported")
 				e.read(out)
 			}
+		})
+	}
+}
+
+// customRows splits out (case c's output, c.n rows of c.h) into the rows that custom_idx
+// writes and the others, each in row order.
+func customRows(c embedCase, out []float32) (other, custom []float32) {
+	isCustom := map[int32]bool{}
+	for _, d := range c.cusIdx {
+		isCustom[d] = true
+	}
+	for row := 0; row < c.n; row++ {
+		r := out[row*c.h : (row+1)*c.h]
+		if isCustom[int32(row)] {
+			custom = append(custom, r...)
+		} else {
+			other = append(other, r...)
+		}
+	}
+	return other, custom
+}
+
+// TestOpEmbedGEMMPathRounds runs the GEMM path on an emulated device of one SM, where each of
+// its kernels' grids (at most a wave: embedGrid) must loop: qvl_embed_rows over 2,408 chunks
+// with 2,048 a round, qvl_embed_gelu over 20,480 elements and qvl_embed_prep over 20,000 with
+// 16,384 a round; visual rows, custom rows overwriting visual ones, repeated destinations.
+func TestOpEmbedGEMMPathRounds(t *testing.T) {
+	b := simBackendSMs(t, 1)
+	withEmbedVariant(t, b, embedVariant{"gemm", false, embedGEMMs})
+	c := embedCase{name: "gemm_rounds", n: 301, h: 64, vocab: 90, table: ml.BF16,
+		visIdx: scramble(6, 40, 301, 13), cusIdx: scramble(7, 220, 301, 5), cusSrc: scramble(8, 220, 20*2, 3),
+		ne: 20, d: 1000, hid: 1024, k: 2, fc: ml.BF16, bias: ml.F32}
+	got, want := runEmbed(t, b, c, 31), runEmbed(t, ref(), c, 31)
+	gotOther, gc := customRows(c, got)
+	wo, wc := customRows(c, want)
+	compare(t, "text and visual rows", "exact", gotOther, wo)
+	compare(t, "custom rows", "Embed/custom", gc, wc)
+}
+
+// TestEmbedGEMMPathKernels: from embedGEMMMinNe embeddings on, EmbedProject's default launches
+// the GEMM path's kernels (no qvl_embed: no persistent grid, no grid barrier), below it
+// qvl_embed alone.
+func TestEmbedGEMMPathKernels(t *testing.T) {
+	forEachCUDA(t, func(t *testing.T, b *Backend, gpu bool) {
+		c, seed := embedCaseNamed(t, "custom_deep_k")
+		require.Equal(t, embedGEMMMinNe+4, c.ne, "the case's embeddings")
+		for _, ne := range []int{embedGEMMMinNe - 1, embedGEMMMinNe} {
+			cc := c
+			cc.ne = ne
+			cc.cusSrc = scramble(5, len(c.cusIdx), ne*c.k, 7)
+			_, out, a := embedInputs(t, b, cc, seed)
+			b.ResetProfile()
+			b.SetProfiling(true)
+			require.NoError(t, b.EmbedProject(out, a))
+			prof := b.Profile()
+			b.SetProfiling(false)
+			calls := map[string]int64{}
+			for _, o := range prof {
+				calls[o.Name] += o.Calls
+			}
+			want := map[string]int64{"qvl_embed": 1}
+			if ne >= embedGEMMMinNe {
+				want = map[string]int64{"qvl_embed_prep": 1, "cublasLt gemm bf16": 2, "qvl_embed_gelu": 1, "qvl_embed_rows": 1}
+			}
+			assert.Equal(t, want, calls, "%d embeddings", ne)
+		}
+	})
+}
+
+// TestEmbedBadTokenAndVisual: on every path, a text row with a token outside the table is NaN
+// and raises the token error, a token in a row that a visual or custom row takes is never read,
+// and a visual_idx entry outside the rows raises the visual error; the backend keeps working.
+func TestEmbedBadTokenAndVisual(t *testing.T) {
+	forEachCUDA(t, func(t *testing.T, b *Backend, gpu bool) { testEmbedBadTokenAndVisual(t, b) })
+}
+
+func testEmbedBadTokenAndVisual(t *testing.T, b *Backend) {
+	c := embedCase{name: "bad_rows", n: 24, h: 16, vocab: 30, table: ml.BF16, visIdx: []int32{3, 5, 9},
+		cusIdx: seq(8, 24), cusSrc: seq(0, 16), ne: 16, d: 16, hid: 32, k: 1, fc: ml.BF16, bias: ml.BF16}
+	for _, v := range embedVariants {
+		t.Run(v.name, func(t *testing.T) {
+			withEmbedVariant(t, b, v)
+			e, out, a := embedInputs(t, b, c, 3)
+			// Row 1 is text; rows 3 (visual) and 12 (custom) are not.
+			toks := make([]int32, c.n)
+			toks[1], toks[3], toks[12] = int32(c.vocab)+3, -1, int32(c.vocab)
+			require.NoError(t, b.Write(a.Tokens, toks))
+			require.NoError(t, b.EmbedProject(out, a))
+			err := b.Sync()
+			require.ErrorIs(t, err, ErrDeviceCheck)
+			assert.ErrorContains(t, err, "token id is outside the embedding table")
+			assert.NotContains(t, err.Error(), "visual_idx")
+			got := e.read(out)
+			for row := 0; row < c.n; row++ {
+				for _, x := range got[row*c.h : (row+1)*c.h] {
+					require.Equal(t, row == 1, math.IsNaN(float64(x)), "row %d", row)
+				}
+			}
+
+			toks[1], toks[3], toks[12] = 0, 0, 0
+			require.NoError(t, b.Write(a.Tokens, toks))
+			require.NoError(t, b.Write(a.VisualIdx, []int32{3, int32(c.n) + 2, 9}))
+			require.NoError(t, b.EmbedProject(out, a))
+			err = b.Sync()
+			require.ErrorIs(t, err, ErrDeviceCheck)
+			assert.ErrorContains(t, err, "visual_idx")
+			assert.NotContains(t, err.Error(), "token id")
+			require.NoError(t, b.Sync(), "the flags are cleared once reported")
 		})
 	}
 }

@@ -31,7 +31,9 @@ const (
 	kAttnGeneric
 	kEmbed
 	kEmbedBK64 // qvl_embed with K slices of 64 (QVL_EMBED_BK=64, ops.go)
-	kEmbedGelu // qvl_embed_gelu: GEMM1's epilogue on the GEMM path (project.go)
+	kEmbedGelu // qvl_embed_gelu: GEMM1's epilogue and the rows' winners on the GEMM path (project.go)
+	kEmbedPrep // qvl_embed_prep: the GEMM path's bf16 custom embeddings and cleared source map
+	kEmbedRows // qvl_embed_rows: the GEMM path's rows (text, visual, Y + b2)
 	kTopK
 	kSample
 	kSpin
@@ -116,7 +118,9 @@ var kernelTable = func() []kernelSpec {
 		kAttnGeneric: {name: "qvl_attn_generic", sig: "ppppppppiiiiiiifp"},
 		kEmbed:       {name: "qvl_embed", sig: sigEmbed, smem: func(int) int { return embedSmem }},
 		kEmbedBK64:   {name: "qvl_embed_bk64", sig: sigEmbed, smem: func(int) int { return embedSmemBK64 }, optional: true},
-		kEmbedGelu:   {name: "qvl_embed_gelu", sig: "pppiiii"},
+		kEmbedGelu:   {name: "qvl_embed_gelu", sig: "pppiiipipippiip"},
+		kEmbedPrep:   {name: "qvl_embed_prep", sig: "pplpi"},
+		kEmbedRows:   {name: "qvl_embed_rows", sig: "piippipippiippip"},
 		kTopK:        {name: "qvl_topk", sig: "pipipppppp"},
 		kSample:      {name: "qvl_sample", sig: "pipppppp"},
 		kSpin:        {name: "qvl_spin", sig: "l"},

@@ -62,18 +62,16 @@ const (
 	embedOnlyC
 )
 
-// Debug bits of qvl_embed's flags (QVL_EMBED_ONLY_AB, QVL_EMBED_ONLY_C), and the GEMM path's
-// (QVL_EMBED_Y_GIVEN).
+// Debug bits of qvl_embed's flags (QVL_EMBED_ONLY_AB, QVL_EMBED_ONLY_C).
 const (
 	embedFlagOnlyAB = 16
 	embedFlagOnlyC  = 32
-	embedFlagYGiven = 64
 )
 
 // EmbedProject implements ml.Backend. Steps with custom embeddings take one of two paths
 // (embedUsesGEMMs): the fused one, a single launch of qvl_embed (kernels/embed.cu; qvl_embed_bk64
 // with QVL_EMBED_BK=64) that runs the projector's GEMMs on its own tensor-core tiles, or the
-// GEMM path (project.go), which runs them on cuBLASLt and then qvl_embed for the rows.
+// GEMM path (project.go), which runs them on cuBLASLt and the rest in three small launches.
 func (b *Backend) EmbedProject(out ml.Tensor, a ml.EmbedArgs) error {
 	const op = "EmbedProject"
 	if err := ml.CheckEmbed(out, a); err != nil {
@@ -144,31 +142,29 @@ func (b *Backend) EmbedProject(out ml.Tensor, a ml.EmbedArgs) error {
 			if p.TanhGELU {
 				flags |= 8
 			}
-			// mid [ne × hid] bf16, then custom rounded to bf16 [ne × d] from the next 16-byte boundary.
-			if err := b.ensure(&b.embedMid, 2*((ne*hid+7)/8*8+ne*d)); err != nil {
-				return err
-			}
 		}
 		if err := b.ensure(&b.embedInts, 4*(n+ne*k+nc)); err != nil {
 			return err
 		}
-		mid, smem := b.embedMid.p, 0
+		if nc > 0 && b.embedUsesGEMMs(ne) {
+			return b.embedGEMMPath(embedPtrs{out: ptr(out), tokens: ptr(a.Tokens), table: ptr(a.Table), visual: ptr(a.Visual),
+				visualIdx: ptr(a.VisualIdx), custom: ptr(a.Custom), customIdx: ptr(a.CustomIdx), customSrc: ptr(a.CustomSrc)},
+				embedGEMMArgs{n: n, h: h, vocab: vocab, nv: nv, nc: nc, ne: ne, d: d, hid: hid, k: k,
+					fc1: fc1, b1: b1, fc2: fc2, b2: b2, flags: flags})
+		}
+		smem := 0
 		if nc > 0 {
-			smem = kernelSmem
-			if b.embedUsesGEMMs(ne) {
-				y, err := b.projectGEMMs(ptr(a.Custom), ne, d, hid, k*h, fc1, b1, fc2, flags)
-				if err != nil {
-					return err
-				}
-				mid, smem = y, 0
-				flags = flags&^(embedFlagOnlyAB|embedFlagOnlyC) | embedFlagYGiven
+			// mid [ne × hid] bf16, then custom rounded to bf16 [ne × d] from the next 16-byte boundary.
+			if err := b.ensure(&b.embedMid, 2*((ne*hid+7)/8*8+ne*d)); err != nil {
+				return err
 			}
+			smem = kernelSmem
 		}
 		b.a.reset().ptr(ptr(out)).i32(n).i32(h).ptr(ptr(a.Tokens)).ptr(ptr(a.Table)).i32(vocab).
 			ptr(ptr(a.Visual)).ptr(ptr(a.VisualIdx)).i32(nv).
 			ptr(ptr(a.Custom)).ptr(ptr(a.CustomIdx)).ptr(ptr(a.CustomSrc)).i32(nc).i32(ne).i32(d).i32(hid).i32(k).
 			ptr(fc1).ptr(b1).ptr(fc2).ptr(b2).i32(flags).
-			ptr(b.embedInts.p).ptr(mid).ptr(b.bar).ptr(b.dev.errFlags())
+			ptr(b.embedInts.p).ptr(b.embedMid.p).ptr(b.bar).ptr(b.dev.errFlags())
 		return b.launch(kernel, d1(max(grid, 1)), d1(embedThreads), smem)
 	})
 }
