@@ -37,6 +37,7 @@ var optinSwitches = []optinSwitch{
 	{envSampleSplit, sampleSplitOn.Load, sampleSplitOn.Store},
 	{envAttnPipe, attnPipeOn.Load, attnPipeOn.Store},
 	{envSkinny, skinnyOn.Load, skinnyOn.Store},
+	{envGLU, gluOn.Load, gluOn.Store},
 	{envTune, func() bool { return !tuneOff.Load() }, func(on bool) { tuneOff.Store(!on) }},
 }
 
@@ -45,7 +46,6 @@ var optinSwitches = []optinSwitch{
 // still measures what each is worth. The opt-in settings keep them on.
 var defaultSwitches = []optinSwitch{
 	{envQKVFold, qkvFoldOn.Load, qkvFoldOn.Store},
-	{envGLU, gluOn.Load, gluOn.Store},
 }
 
 // saveOptins returns a function that sets every opt-in and default switch back to its value now.

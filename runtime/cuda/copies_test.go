@@ -337,12 +337,13 @@ func TestDecodeStepLaunches(t *testing.T) {
 	}
 }
 
-// TestDecodeStepLaunchesDefault pins the launch count of a batch-1 decode step on the default
-// path (QVL_CUDA_FUSE off): 8 per layer (the qkv GEMM, qvl_qkv, decode attention, the o GEMM,
-// the post-attention add-norm, the gate-up GEMM with SwiGLU as its epilogue, the down GEMM, the
-// residual add with the next layer's input norm — after the last layer, with the final norm)
-// and 4 per step (embedding, the first norm, logit-row gather, LM head); 9 per layer without
-// qvl_gemv_glu. (The emulated model's head size, 32, has no folded decode instance.)
+// TestDecodeStepLaunchesDefault pins the launch count of a batch-1 decode step without
+// QVL_CUDA_FUSE: 9 per layer on the default path (the qkv GEMM, qvl_qkv, decode attention, the
+// o GEMM, the post-attention add-norm, the gate-up GEMM, SwiGLU, the down GEMM, the residual add
+// with the next layer's input norm — after the last layer, with the final norm) and 4 per step
+// (embedding, the first norm, logit-row gather, LM head); 8 per layer with QVL_CUDA_GLU_GEMV=1
+// (SwiGLU as the gate-up GEMV's epilogue). (The emulated model's head size, 32, has no folded
+// decode instance.)
 func TestDecodeStepLaunchesDefault(t *testing.T) {
 	skipShortSim(t, false)
 	b := simBackend(t)

@@ -20,15 +20,17 @@ import (
 // shapes (more rows, an f32 weight, qvl_gemv turned off) and QVL_CUDA_FUSE=1 (whose kernels
 // fuse the norm into the gate-up GEMV and SwiGLU into the down GEMV instead) run ml.MLPOps.
 
-// envGLU is the environment variable that, set to 0, turns qvl_gemv_glu off; it is read once,
-// when the package loads. On by default: the same bytes and loads as qvl_gemv_m1 with a launch
-// fewer (predicted in docs/perf-log.md; the benchmark's ablation times the defaults without it).
+// envGLU is the environment variable that, set to 1, turns qvl_gemv_glu on; it is read once,
+// when the package loads. Off by default: the seventh H100 run measured it within noise of the
+// unfused kernels in batch-1 graph steps (−0.2%; docs/perf-log.md): in a graph qvl_swiglu costs
+// ~1.8 µs, about what qvl_gemv_glu's gate-up GEMV, with half the warps each taking two rows,
+// loses against qvl_gemv_m1's. The benchmark's ablation keeps timing it.
 const envGLU = "QVL_CUDA_GLU_GEMV"
 
-// gluOn is set unless envGLU is "0" (tests and the ablation flip it).
+// gluOn is set when envGLU is "1" (tests and the ablation flip it).
 var gluOn atomic.Bool
 
-func init() { gluOn.Store(os.Getenv(envGLU) != "0") }
+func init() { gluOn.Store(os.Getenv(envGLU) == "1") }
 
 // useGLU reports whether MLP runs its gate-up projection and SwiGLU as one qvl_gemv_glu launch
 // for rows x rows and a gate-up weight w.
@@ -37,7 +39,7 @@ func useGLU(rows int, w ml.Tensor) bool {
 }
 
 // MLP implements ml.MLPer: AddRMSNorm (RMSNorm when delta is nil), qvl_gemv_glu and MatMul at
-// one row with a bf16 gate-up weight, else ml.MLPOps (which takes the fused kernels of
+// one row with a bf16 gate-up weight when envGLU is on, else ml.MLPOps (which takes the fused kernels of
 // QVL_CUDA_FUSE=1 where they apply). gu is left unwritten on the fused path.
 func (b *Backend) MLP(y, act, gu, h, x, delta, norm, wgu, wdown ml.Tensor, eps float32) error {
 	const op = "MLP"

@@ -4,11 +4,15 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/qvl-dev/qvl/runtime/cpu"
 	"github.com/qvl-dev/qvl/runtime/ml"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -406,4 +410,28 @@ func TestOpAttentionRepeatable(t *testing.T) {
 			})
 		}
 	})
+}
+
+// TestToleranceNamesExist reads this package's tests for compare calls with a literal tolerance
+// name and checks that each names an entry of tolerances: a GPU-only test with a misspelt name
+// would otherwise fail only on a GPU (TestGPUPDLMatchesDefault's "PDL" did, in the seventh H100
+// run). Names built at run time are checked when they are used.
+func TestToleranceNamesExist(t *testing.T) {
+	files, err := filepath.Glob("*_test.go")
+	require.NoError(t, err)
+	re := regexp.MustCompile(`compare\(t, "[^"]*", "([^"]*)"`)
+	seen := 0
+	for _, f := range files {
+		src, err := os.ReadFile(f)
+		require.NoError(t, err)
+		for _, m := range re.FindAllStringSubmatch(string(src), -1) {
+			seen++
+			if strings.HasSuffix(m[1], "/") {
+				continue // a prefix completed at run time ("MatMul/" + the dtype)
+			}
+			_, ok := tolerances[m[1]]
+			assert.True(t, ok, "%s: compare with tolerance %q, which tolerances lacks", f, m[1])
+		}
+	}
+	require.Greater(t, seen, 40, "the pattern no longer finds the compare calls")
 }

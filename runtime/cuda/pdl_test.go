@@ -66,7 +66,7 @@ func TestGPUPDLMatchesDefault(t *testing.T) {
 	for i := range want {
 		require.Len(t, got[i], len(want[i]), "request %d", i)
 		for j := range want[i] {
-			compare(t, "logits", "PDL", got[i][j], want[i][j])
+			compare(t, "logits", "Graph", got[i][j], want[i][j])
 		}
 	}
 }
