@@ -335,5 +335,32 @@ func TestGPUTuneLinear(t *testing.T) {
 		}
 		_, err := h.TuneLinear(LinearShape{1, 8, 8, R16BF, R16BF, R32F}, 0, 0, 0, 3)
 		require.Error(t, err, "nil pointers")
+
+		// With a flush buffer each run is timed alone after it is overwritten: the choice is
+		// still one of the candidates and the product the GEMM's.
+		flush, err := cuda.MemAlloc(64 << 20)
+		require.NoError(t, err)
+		defer func() { require.NoError(t, cuda.MemFree(flush)) }()
+		h.SetTuneFlush(flush, 64<<20)
+		defer h.SetTuneFlush(0, 0)
+		m, n, k := 64, 2048, 2048
+		xb, wb, x, w := linearOperands(r, m, n, k)
+		xp, wp := upload(t, xb), upload(t, wb)
+		yp, err := cuda.MemAlloc(uint64(m * n * 4))
+		require.NoError(t, err)
+		s := LinearShape{m, n, k, R16BF, R16BF, R32F}
+		res, err := h.TuneLinear(s, xp, wp, yp, 3)
+		require.NoError(t, err)
+		require.True(t, h.Tuned(s, xp, wp, yp))
+		require.Positive(t, res.Times[res.Best])
+		t.Logf("%d×%d×%d with a cold L2: kept %s %v (heuristic 0 %v)", m, n, k, res.Cands[res.Best], res.Times[res.Best], res.Times[0])
+		want := make([]float64, m*n)
+		linearRef(m, n, k, x, w, 0, want)
+		got := make([]float32, m*n)
+		require.NoError(t, cuda.MemcpyDtoH(got, yp))
+		requireClose(t, want, absRef(m, n, k, x, w), got, 0, "tuned with a cold L2")
+		for _, p := range []cuda.DevicePtr{xp, wp, yp} {
+			require.NoError(t, cuda.MemFree(p))
+		}
 	})
 }

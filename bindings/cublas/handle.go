@@ -126,6 +126,10 @@ type Handle struct {
 	// evictErr keeps the first error from destroying an evicted plan, for
 	// Destroy to report.
 	evictErr error
+	// flush and flushBytes: device memory TuneLinear overwrites before each timed
+	// run (SetTuneFlush); none when flushBytes is 0.
+	flush      cuda.DevicePtr
+	flushBytes uint64
 
 	// Values passed to C by address. They live in the Handle (a heap object,
 	// pinned for each call), so the calls do not allocate.

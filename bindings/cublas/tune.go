@@ -19,6 +19,19 @@ func (h *Handle) Tuned(s LinearShape, x, w, y cuda.DevicePtr) bool {
 	return ok && p.tuned
 }
 
+// SetTuneFlush gives TuneLinear n bytes of device memory at p (the caller's, at least twice the
+// GPU's L2) to overwrite before each timed run, so that a candidate is timed reading its weight
+// from DRAM, as a decode step does, and not from the L2 its previous run filled: on the H100 the
+// 2B's 64-row qkv, o and down weights (8–25 MB) fit the 50 MB L2, and tuning on warm repeats
+// picked algorithms whose gains did not show in whole steps (docs/perf-log.md, sixth to eighth
+// runs). With p = 0 or n < 4 the runs are timed back to back, as before.
+func (h *Handle) SetTuneFlush(p cuda.DevicePtr, n uint64) {
+	h.flush, h.flushBytes = p, n&^3
+	if p == 0 {
+		h.flushBytes = 0
+	}
+}
+
 // TuneResult is what TuneLinear measured: the time of each candidate algorithm (the
 // heuristic's, in its order, then their split-K variants), what each candidate is, and the
 // index of the one kept.
@@ -31,7 +44,8 @@ type TuneResult struct {
 
 // TuneLinear times each algorithm cuBLASLt's heuristic offered for this Linear call (up to 8)
 // and split-K variants of its first ones (splitKVariants), reps runs each after one warm-up,
-// on the handle's stream with events, and keeps the fastest for every later Linear call of the
+// on the handle's stream with events (each run alone, after the flush memory is overwritten,
+// when SetTuneFlush gave some), and keeps the fastest for every later Linear call of the
 // same shape and alignments. The heuristic's first guess is not always its fastest: for the
 // skinny GEMMs of decode steps it can be several times off (on the H100 the 64-row down
 // projection, 2048 × 6144, ran at 48% of the bandwidth it reached at 8 rows: a tile grid of
@@ -83,21 +97,7 @@ func (h *Handle) TuneLinear(s LinearShape, x, w, y cuda.DevicePtr, reps int) (Tu
 			res.Times = append(res.Times, 0)
 			continue
 		}
-		if err := start.Record(h.stream); err != nil {
-			return res, err
-		}
-		for r := 0; r < reps; r++ {
-			if err := h.matmul(s, c.algo, p, x, w, y, 0); err != nil {
-				return res, err
-			}
-		}
-		if err := end.Record(h.stream); err != nil {
-			return res, err
-		}
-		if err := end.Synchronize(); err != nil {
-			return res, err
-		}
-		ms, err := cuda.EventElapsedTime(start, end)
+		ms, err := h.timeRuns(s, c.algo, p, x, w, y, reps, start, end)
 		if err != nil {
 			return res, err
 		}
@@ -128,6 +128,44 @@ const (
 	splitKMinSlice          = 256
 	splitKMaxRowsForVariant = 256
 )
+
+// timeRuns returns the milliseconds that reps runs of algo take on the handle's stream: back to
+// back between two events, or, with a flush buffer (SetTuneFlush), each run alone between the
+// events after the buffer is overwritten, summed.
+func (h *Handle) timeRuns(s LinearShape, algo [8]uint64, p *plan, x, w, y cuda.DevicePtr, reps int, start, end cuda.Event) (float32, error) {
+	runs, each := 1, reps
+	if h.flushBytes > 0 {
+		runs, each = reps, 1
+	}
+	var total float32
+	for i := 0; i < runs; i++ {
+		if h.flushBytes > 0 {
+			if err := cuda.MemsetD32Async(h.flush, uint32(i), h.flushBytes/4, h.stream); err != nil {
+				return 0, err
+			}
+		}
+		if err := start.Record(h.stream); err != nil {
+			return 0, err
+		}
+		for r := 0; r < each; r++ {
+			if err := h.matmul(s, algo, p, x, w, y, 0); err != nil {
+				return 0, err
+			}
+		}
+		if err := end.Record(h.stream); err != nil {
+			return 0, err
+		}
+		if err := end.Synchronize(); err != nil {
+			return 0, err
+		}
+		ms, err := cuda.EventElapsedTime(start, end)
+		if err != nil {
+			return 0, err
+		}
+		total += ms
+	}
+	return total, nil
+}
 
 // splitKCounts returns the split-K factors worth trying for a GEMM of M rows and inner size
 // K: powers of two from 2 to 16 that leave K slices of at least splitKMinSlice, for decode-

@@ -91,6 +91,9 @@ type gpuDevice struct {
 	// tuneLog has a line per GEMM shape tuned (envTune): the candidate kept and the heuristic's
 	// first guess, for the benchmark's report.
 	tuneLog []string
+	// tuneFlush is the memory cuBLASLt's tuning overwrites before each timed run (twice the
+	// L2, allocated at the first tuning; cublas.Handle.SetTuneFlush), 0 until then.
+	tuneFlush uintptr
 	// pdl is set when the kernels run with programmatic dependent launch (envPDL): the modules
 	// are kernels.PDLModules and every launch goes through cuLaunchKernelEx with programmatic
 	// stream serialization.
@@ -344,7 +347,9 @@ func (g *gpuDevice) linear(m, n, k int, bf16 bool, x, w, y uintptr) error {
 	s := cublas.LinearShape{M: m, N: n, K: k, XType: t, WType: t, YType: cublas.R32F}
 	if m <= tuneMaxRows && !tuneOff.Load() && !g.capturing && !g.blas.Tuned(s, drv.DevicePtr(x), drv.DevicePtr(w), drv.DevicePtr(y)) {
 		// The first call of a decode-sized shape times the heuristic's candidates and keeps the
-		// fastest (it writes y as the GEMM would); on any error the plain call below runs.
+		// fastest (it writes y as the GEMM would); on any error the plain call below runs. Each
+		// candidate run is timed with a cold L2, as a decode step reads its weights.
+		g.ensureTuneFlush()
 		if res, err := g.blas.TuneLinear(s, drv.DevicePtr(x), drv.DevicePtr(w), drv.DevicePtr(y), tuneReps); err == nil {
 			g.tuneLog = append(g.tuneLog, fmt.Sprintf("%d×%d×%d: kept %s %v (heuristic 0 %v) of %d candidates",
 				m, n, k, res.Cands[res.Best], res.Times[res.Best], res.Times[0], len(res.Times)))
@@ -360,6 +365,21 @@ func (g *gpuDevice) linear(m, n, k int, bf16 bool, x, w, y uintptr) error {
 		}
 	}
 	return err
+}
+
+// ensureTuneFlush allocates the tuning's L2 flush memory (twice the L2) once and hands it to
+// cuBLASLt's tuning; without it (no L2 size, or no memory) the tuning times warm repeats.
+func (g *gpuDevice) ensureTuneFlush() {
+	n := 2 * g.props.L2CacheBytes
+	if g.tuneFlush != 0 || n <= 0 {
+		return
+	}
+	p, err := drv.MemAlloc(uint64(n))
+	if err != nil {
+		return
+	}
+	g.tuneFlush = uintptr(p)
+	g.blas.SetTuneFlush(p, uint64(n))
 }
 
 func (g *gpuDevice) sync() error {
@@ -443,6 +463,9 @@ func (g *gpuDevice) close() error {
 		}
 		if g.blas != nil {
 			errs = append(errs, g.blas.Destroy())
+		}
+		if g.tuneFlush != 0 {
+			errs = append(errs, drv.MemFree(drv.DevicePtr(g.tuneFlush)))
 		}
 		for _, m := range g.modules {
 			errs = append(errs, m.Unload())
