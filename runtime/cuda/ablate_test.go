@@ -219,6 +219,27 @@ func ablationSummary(res map[string][2]float64) []string {
 		}
 		return 100 * (ra[1]/rb[1] - 1), true
 	}
+	// tally appends to p the gains of setting a over setting b at both batches and counts those
+	// of 1% or more (up), of −1% or less (down) and the ones measured (seen).
+	type tally struct{ up, down, seen int }
+	add := func(p string, a, b string, t *tally) string {
+		for bi, bn := range []string{"b=1", "b=N"} {
+			g, ok := gain(a, b, bi)
+			if !ok {
+				p += " " + bn + " n/a"
+				continue
+			}
+			t.seen++
+			p += fmt.Sprintf(" %s %+.1f%%", bn, g)
+			switch {
+			case g >= 1:
+				t.up++
+			case g <= -1:
+				t.down++
+			}
+		}
+		return p
+	}
 	var out []string
 	for _, sw := range optinSwitches {
 		alone := ablationLabel([]string{sw.name})
@@ -226,68 +247,34 @@ func ablationSummary(res map[string][2]float64) []string {
 		if sw.name == envTune {
 			mix, without = ablationLabel(append(slices.Clone(untuned), envTune)), ablationLabel(untuned)
 		}
-		var parts []string
-		var up, down, seen int
-		for _, c := range []struct{ what, a, b string }{{"alone", alone, "defaults"}, {"in the mix", mix, without}} {
-			p := c.what + ":"
-			for bi, bn := range []string{"b=1", "b=N"} {
-				g, ok := gain(c.a, c.b, bi)
-				if !ok {
-					p += " " + bn + " n/a"
-					continue
-				}
-				seen++
-				p += fmt.Sprintf(" %s %+.1f%%", bn, g)
-				switch {
-				case g >= 1:
-					up++
-				case g <= -1:
-					down++
-				}
-			}
-			parts = append(parts, p)
-		}
+		var tl tally
+		parts := []string{add("alone:", alone, "defaults", &tl), add("in the mix:", mix, without, &tl)}
 		verdict := "mixed"
 		switch {
-		case seen == 0:
+		case tl.seen == 0:
 			verdict = "n/a"
-		case up > 0 && down == 0:
+		case tl.up > 0 && tl.down == 0:
 			verdict = "faster"
-		case down > 0 && up == 0:
+		case tl.down > 0 && tl.up == 0:
 			verdict = "slower"
-		case up == 0 && down == 0:
+		case tl.up == 0 && tl.down == 0:
 			verdict = "same"
 		}
 		out = append(out, fmt.Sprintf("%-22s | %s | %s | %s", sw.name, parts[0], parts[1], verdict))
 	}
 	// A default switch: what the defaults gain by it (the defaults against the defaults without it).
 	for _, sw := range defaultSwitches {
-		p := "default on, its gain:"
-		var up, down, seen int
-		for bi, bn := range []string{"b=1", "b=N"} {
-			g, ok := gain("defaults", "-"+sw.name, bi)
-			if !ok {
-				p += " " + bn + " n/a"
-				continue
-			}
-			seen++
-			p += fmt.Sprintf(" %s %+.1f%%", bn, g)
-			switch {
-			case g >= 1:
-				up++
-			case g <= -1:
-				down++
-			}
-		}
+		var tl tally
+		p := add("default on, its gain:", "defaults", "-"+sw.name, &tl)
 		verdict := "keep"
 		switch {
-		case seen == 0:
+		case tl.seen == 0:
 			verdict = "n/a"
-		case down > 0 && up == 0:
+		case tl.down > 0 && tl.up == 0:
 			verdict = "slower: turn it back off"
-		case up == 0 && down == 0:
+		case tl.up == 0 && tl.down == 0:
 			verdict = "same"
-		case down > 0:
+		case tl.down > 0:
 			verdict = "mixed"
 		}
 		out = append(out, fmt.Sprintf("%-22s | %s | %s", sw.name, p, verdict))

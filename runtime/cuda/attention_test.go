@@ -126,6 +126,27 @@ func attentionInputs(t testing.TB, bk ml.Backend, c attnCase, seed uint64) (e *e
 	return e, out, q, a
 }
 
+// decodeKernelTime runs Attention once to warm up, then reps times behind a held stream with
+// the profiler on, and returns the decode kernel's GPU time a call.
+func decodeKernelTime(t *testing.T, b *Backend, out, q ml.Tensor, a ml.AttnArgs, reps int) time.Duration {
+	require.NoError(t, b.Attention(out, q, a)) // warm-up
+	b.ResetProfile()
+	require.NoError(t, b.Hold(5*time.Millisecond))
+	b.SetProfiling(true)
+	for i := 0; i < reps; i++ {
+		require.NoError(t, b.Attention(out, q, a))
+	}
+	prof := b.Profile()
+	b.SetProfiling(false)
+	var gt time.Duration
+	for _, o := range prof {
+		if strings.HasPrefix(o.Name, "qvl_attn_decode") {
+			gt = o.Total / time.Duration(o.Calls)
+		}
+	}
+	return gt
+}
+
 // attentionShapes times decode attention of shape alone (one layer, context ctx, bf16 cache in
 // pages of bs) at batch 1 and batch seqs, with the backend's own partition and with each fixed
 // partition from 32 to 512 tokens, against the cache bytes at 3.0 TB/s: first the plain decode
@@ -149,21 +170,7 @@ func attentionShapes(t *testing.T, b *Backend, rep *benchReport, heads, kv, hd, 
 			floor := float64(2*batch*ctx*kv*hd*2) / h100CopyBytesPerSec
 			for _, part := range []int{0, 32, 64, 128, 256, 512} {
 				b.decodePart = part
-				require.NoError(t, b.Attention(out, q, a)) // warm-up
-				b.ResetProfile()
-				require.NoError(t, b.Hold(5*time.Millisecond))
-				b.SetProfiling(true)
-				for i := 0; i < reps; i++ {
-					require.NoError(t, b.Attention(out, q, a))
-				}
-				prof := b.Profile()
-				b.SetProfiling(false)
-				var gt time.Duration
-				for _, o := range prof {
-					if strings.HasPrefix(o.Name, "qvl_attn_decode") {
-						gt = o.Total / time.Duration(o.Calls)
-					}
-				}
+				gt := decodeKernelTime(t, b, out, q, a, reps)
 				label := fmt.Sprint(part)
 				if part == 0 {
 					p, _ := decodePartition(kv, batch, ctx, b.info.sms, decodeMaxPartFor(heads/kv))
@@ -195,21 +202,7 @@ func attentionShapes(t *testing.T, b *Backend, rep *benchReport, heads, kv, hd, 
 		_, out, q, a := attentionInputs(t, b, c, 7)
 		a.MaxCtxLen = 1 << bits.Len(uint(ctx+extra-1))
 		b.decodePart = 0
-		require.NoError(t, b.Attention(out, q, a)) // warm-up
-		b.ResetProfile()
-		require.NoError(t, b.Hold(5*time.Millisecond))
-		b.SetProfiling(true)
-		for i := 0; i < reps; i++ {
-			require.NoError(t, b.Attention(out, q, a))
-		}
-		prof := b.Profile()
-		b.SetProfiling(false)
-		var gt time.Duration
-		for _, o := range prof {
-			if strings.HasPrefix(o.Name, "qvl_attn_decode") {
-				gt = o.Total / time.Duration(o.Calls)
-			}
-		}
+		gt := decodeKernelTime(t, b, out, q, a, reps)
 		maxPart := decodeMaxPartFor(heads / kv)
 		capped := ""
 		if cp.maxPart > 0 {

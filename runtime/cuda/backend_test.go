@@ -138,32 +138,23 @@ func TestDecodePartition(t *testing.T) {
 	assert.Equal(t, 1024, decodeMaxPartFor(1))
 	assert.Equal(t, 512, g4)
 	assert.Equal(t, 512, decodeMaxPartFor(8))
-	// Batch 1 at context 512 on 132 SMs: 8 KV heads, split 16 ways into partitions of 32.
-	part, n := decodePartition(8, 1, 512, 132, g2)
-	assert.Equal(t, 32, part)
-	assert.Equal(t, 16, n)
-	// Batch 64 fills the GPU without splitting, also under a graph's bound of 1024 for contexts
-	// just past 512 (the 2B's group of 2); groups of 4 split it in two.
-	part, n = decodePartition(8, 64, 512, 132, g2)
-	assert.Equal(t, 1024, part)
-	assert.Equal(t, 1, n)
-	part, n = decodePartition(8, 64, 1024, 132, g2)
-	assert.Equal(t, 1024, part)
-	assert.Equal(t, 1, n)
-	part, n = decodePartition(8, 64, 1024, 132, g4)
-	assert.Equal(t, 512, part)
-	assert.Equal(t, 2, n)
-	// Batch 32 at 1024 would have 256 blocks: split in two.
-	part, n = decodePartition(8, 32, 1024, 132, g2)
-	assert.Equal(t, 512, part)
-	assert.Equal(t, 2, n)
-	// Long contexts always split into partitions of at most the instance's maximum.
-	part, n = decodePartition(8, 64, 32768, 132, g2)
-	assert.Equal(t, 1024, part)
-	assert.Equal(t, 32, n)
-	part, n = decodePartition(8, 64, 32768, 132, g4)
-	assert.Equal(t, 512, part)
-	assert.Equal(t, 64, n)
+	for _, c := range []struct {
+		why                      string
+		kv, seqs, ctx, maxPart   int
+		wantPart, wantPartitions int
+	}{
+		{"batch 1 at context 512 on 132 SMs: 8 KV heads, split 16 ways", 8, 1, 512, g2, 32, 16},
+		{"batch 64 fills the GPU without splitting", 8, 64, 512, g2, 1024, 1},
+		{"also under a graph's bound of 1024 for contexts just past 512 (the 2B's group of 2)", 8, 64, 1024, g2, 1024, 1},
+		{"groups of 4 split it in two", 8, 64, 1024, g4, 512, 2},
+		{"batch 32 at 1024 would have 256 blocks: split in two", 8, 32, 1024, g2, 512, 2},
+		{"long contexts split into partitions of the instance's maximum", 8, 64, 32768, g2, 1024, 32},
+		{"and of 512 for groups above 2", 8, 64, 32768, g4, 512, 64},
+	} {
+		part, n := decodePartition(c.kv, c.seqs, c.ctx, 132, c.maxPart)
+		assert.Equal(t, c.wantPart, part, c.why)
+		assert.Equal(t, c.wantPartitions, n, c.why)
+	}
 }
 
 // TestDeviceCheckReported: a bad index is caught by the kernel, reported by the next Sync as

@@ -18,12 +18,7 @@ import (
 // the kernels the profiler saw.
 
 // withQKVFold runs fn with the folded decode turned on or off and restores the setting after.
-func withQKVFold(on bool, fn func()) {
-	was := qkvFoldOn.Load()
-	qkvFoldOn.Store(on)
-	defer qkvFoldOn.Store(was)
-	fn()
-}
+func withQKVFold(on bool, fn func()) { withSwitch(&qkvFoldOn, on, fn) }
 
 // foldCase is a decode-only step: one query row per sequence of context ctxs[i] (the new
 // token's position is ctx − 1), heads = g·kv at head size 128, pages of bs tokens; part fixes

@@ -19,12 +19,7 @@ import (
 // profiler saw: one fused launch for one row, the two ops otherwise.
 
 // withFuse runs fn with the fused kernels turned on or off and restores the setting after.
-func withFuse(on bool, fn func()) {
-	was := fuseOff.Load()
-	fuseOff.Store(!on)
-	defer fuseOff.Store(was)
-	fn()
-}
+func withFuse(on bool, fn func()) { withSwitch(&fuseOff, !on, fn) }
 
 // normCase is a NormMatMul shape: rows × k into m weight rows.
 type normCase struct {
@@ -45,21 +40,26 @@ var fusedNormCases = []normCase{
 	{3, 157, 37, true, ml.BF16}, {17, 520, 11, false, ml.BF16},
 }
 
+// normInputs makes a residual-and-norm op's inputs: the residual x [rows, k], delta of the same
+// shape when add (else nil) and a norm weight of dtype dt around 1.
+func normInputs(e *env, r *rand.Rand, rows, k int, add bool, dt ml.DType) (x, delta, norm ml.Tensor) {
+	x = e.in(ml.F32, randn(r, rows*k, 2), rows, k)
+	if add {
+		delta = e.in(ml.F32, randn(r, rows*k, 1), rows, k)
+	}
+	nv := make([]float32, k)
+	for i := range nv {
+		nv[i] = float32(1 + 0.2*r.NormFloat64())
+	}
+	return x, delta, e.weight(dt, nv, k)
+}
+
 // runNormMatMul runs NormMatMul on bk and returns y, h and the residual x after it. The
 // outputs start as NaN.
 func runNormMatMul(t *testing.T, bk ml.Backend, c normCase, seed uint64) (y, h, x []float32) {
 	r := rand.New(rand.NewPCG(71, seed))
 	e := newEnv(t, bk)
-	xt := e.in(ml.F32, randn(r, c.rows*c.k, 2), c.rows, c.k)
-	var dt ml.Tensor
-	if c.add {
-		dt = e.in(ml.F32, randn(r, c.rows*c.k, 1), c.rows, c.k)
-	}
-	nv := make([]float32, c.k)
-	for i := range nv {
-		nv[i] = float32(1 + 0.2*r.NormFloat64())
-	}
-	nt := e.weight(c.norm, nv, c.k)
+	xt, dt, nt := normInputs(e, r, c.rows, c.k, c.add, c.norm)
 	wt := e.weight(ml.BF16, randn(r, c.m*c.k, 1/math.Sqrt(float64(c.k))), c.m, c.k)
 	yt, ht := e.out(ml.F32, c.rows, c.m), e.out(ml.F32, c.rows, c.k)
 	require.NoError(t, bk.(ml.NormMatMuler).NormMatMul(yt, ht, xt, dt, nt, wt, 1e-6))

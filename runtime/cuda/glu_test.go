@@ -18,12 +18,7 @@ import (
 // otherwise.
 
 // withGLU runs fn with qvl_gemv_glu turned on or off and restores the setting after.
-func withGLU(on bool, fn func()) {
-	was := gluOn.Load()
-	gluOn.Store(on)
-	defer gluOn.Store(was)
-	fn()
-}
+func withGLU(on bool, fn func()) { withSwitch(&gluOn, on, fn) }
 
 // mlpCase is an MLP shape: rows × hidden k, intermediate size inter, m outputs of the down
 // projection.
@@ -55,16 +50,7 @@ type mlpResult struct{ y, act, h, x []float32 }
 func runMLP(t *testing.T, bk ml.Backend, c mlpCase, seed uint64) mlpResult {
 	r := rand.New(rand.NewPCG(73, seed))
 	e := newEnv(t, bk)
-	xt := e.in(ml.F32, randn(r, c.rows*c.k, 2), c.rows, c.k)
-	var dt ml.Tensor
-	if c.add {
-		dt = e.in(ml.F32, randn(r, c.rows*c.k, 1), c.rows, c.k)
-	}
-	nv := make([]float32, c.k)
-	for i := range nv {
-		nv[i] = float32(1 + 0.2*r.NormFloat64())
-	}
-	nt := e.weight(ml.BF16, nv, c.k)
+	xt, dt, nt := normInputs(e, r, c.rows, c.k, c.add, ml.BF16)
 	wgu := e.weight(ml.BF16, randn(r, 2*c.inter*c.k, 3/math.Sqrt(float64(c.k))), 2*c.inter, c.k)
 	wd := e.weight(ml.BF16, randn(r, c.m*c.inter, 1/math.Sqrt(float64(c.inter))), c.m, c.inter)
 	yt, at := e.out(ml.F32, c.rows, c.m), e.out(ml.F32, c.rows, c.inter)

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/qvl-dev/qvl/loader"
@@ -107,6 +108,15 @@ func skipShortSim(t testing.TB, gpu bool) {
 func forEachCUDA(t *testing.T, fn func(t *testing.T, b *Backend, gpu bool)) {
 	t.Run("sim", func(t *testing.T) { fn(t, simBackend(t), false) })
 	t.Run("gpu", func(t *testing.T) { fn(t, gpuBackend(t), true) })
+}
+
+// withSwitch runs fn with one of the backend's switches (the atomic.Bools its environment
+// variables set) at v and puts it back after.
+func withSwitch(sw *atomic.Bool, v bool, fn func()) {
+	was := sw.Load()
+	sw.Store(v)
+	defer sw.Store(was)
+	fn()
 }
 
 // env allocates a test's tensors on one backend and frees them at the end.
