@@ -13,9 +13,9 @@ import (
 
 // The MLP op (glu.go, qvl_gemv_glu in kernels/gemv.cu) is checked three ways: against the CPU
 // reference's composition of the same ops (ml.MLPOps: AddRMSNorm, MatMul, SwiGLU, MatMul), bit
-// for bit against this backend's own unfused kernels (QVL_CUDA_GLU_GEMV=0's path), and by the
-// kernels the profiler saw: qvl_gemv_glu and no qvl_swiglu for one row, the unfused ops
-// otherwise.
+// for bit against this backend's own unfused kernels (the default path, without
+// QVL_CUDA_GLU_GEMV=1), and by the kernels the profiler saw: qvl_gemv_glu and no qvl_swiglu for
+// one row, the unfused ops otherwise.
 
 // withGLU runs fn with qvl_gemv_glu turned on or off and restores the setting after.
 func withGLU(on bool, fn func()) { withSwitch(&gluOn, on, fn) }
