@@ -260,6 +260,12 @@ if [[ -f $out/bench-pdl.log ]] && grep -q '^BENCH |' "$out/bench-pdl.log"; then
 	echo "with ${pdl[*]:1}:"
 	grep -E '^BENCH \| (decode|prefill)' "$out/bench-pdl.log" | sed 's/^BENCH | //'
 fi
+# Whether stream capture kept programmatic dependent launch (TestGPUPDLMatchesDefault's count
+# of a captured graph's programmatic edges).
+if [[ -f $out/ops.log ]] && grep -q 'PDL: the ' "$out/ops.log"; then
+	echo
+	grep -o 'PDL: the .*' "$out/ops.log" | head -1
+fi
 # The ablation (the default run's QVL_BENCH_ABLATE=1): each opt-in's gain alone and in the mix,
 # at batch 1 and batch 64, with a verdict; the rows "  ablation b=…" above have the times.
 if [[ -f $out/bench.log ]] && grep -q '^BENCH-ABLATION |' "$out/bench.log"; then

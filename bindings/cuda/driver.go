@@ -419,6 +419,39 @@ func (g Graph) Instantiate() (GraphExec, error) {
 	return e, nil
 }
 
+// Dependency types of a graph edge (CUgraphDependencyType).
+const (
+	// DependencyDefault: the downstream node waits for the upstream one to finish.
+	DependencyDefault uint8 = 0
+	// DependencyProgrammatic: the downstream kernel may start when the upstream kernel's blocks
+	// have triggered (griddepcontrol.launch_dependents) or exited; what a launch with
+	// programmatic stream serialization becomes when a stream capture keeps it.
+	DependencyProgrammatic uint8 = 1
+)
+
+// EdgeTypes returns the dependency type of each edge of g (cuGraphGetEdges_v2, CUDA 12.3 and
+// later; ErrorSymbolNotLoaded from an older driver).
+func (g Graph) EdgeTypes() ([]uint8, error) {
+	var n uintptr
+	if err := check("cuGraphGetEdges_v2", dl.Call(api.cuGraphGetEdges, uintptr(g), 0, 0, 0, uintptr(unsafe.Pointer(&n)))); err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	from, to := make([]uintptr, n), make([]uintptr, n)
+	data := make([][8]byte, n) // CUgraphEdgeData: from_port, to_port, type, reserved[5]
+	if err := check("cuGraphGetEdges_v2", dl.Call(api.cuGraphGetEdges, uintptr(g), uintptr(unsafe.Pointer(&from[0])),
+		uintptr(unsafe.Pointer(&to[0])), uintptr(unsafe.Pointer(&data[0])), uintptr(unsafe.Pointer(&n)))); err != nil {
+		return nil, err
+	}
+	types := make([]uint8, min(int(n), len(data)))
+	for i := range types {
+		types[i] = data[i][2]
+	}
+	return types, nil
+}
+
 // Destroy destroys the graph (its instantiations stay valid).
 func (g Graph) Destroy() error {
 	return check("cuGraphDestroy", callH(api.cuGraphDestroy, 1, uintptr(g), 0, 0, 0, 0))

@@ -98,6 +98,7 @@ type driverAPI struct {
 	cuGraphLaunch               uintptr
 	cuGraphExecDestroy          uintptr
 	cuGraphDestroy              uintptr
+	cuGraphGetEdges             uintptr
 	cuGetErrorName              uintptr
 	cuGetErrorString            uintptr
 }
@@ -158,6 +159,7 @@ func (a *driverAPI) symbols() []symbol {
 		{"cuGraphLaunch", &a.cuGraphLaunch, false},
 		{"cuGraphExecDestroy", &a.cuGraphExecDestroy, false},
 		{"cuGraphDestroy", &a.cuGraphDestroy, false},
+		{"cuGraphGetEdges_v2", &a.cuGraphGetEdges, false},
 		{"cuGetErrorName", &a.cuGetErrorName, false},
 		{"cuGetErrorString", &a.cuGetErrorString, false},
 	}

@@ -94,6 +94,12 @@ type gpuDevice struct {
 	// tuneFlush is the memory cuBLASLt's tuning overwrites before each timed run (twice the
 	// L2, allocated at the first tuning; cublas.Handle.SetTuneFlush), 0 until then.
 	tuneFlush uintptr
+	// graphEdges counts the edges of the last graph captured with PDL on, and how many of them
+	// are programmatic (known: the driver could say).
+	graphEdges struct {
+		known               bool
+		total, programmatic int
+	}
 	// pdl is set when the kernels run with programmatic dependent launch (envPDL): the modules
 	// are kernels.PDLModules and every launch goes through cuLaunchKernelEx with programmatic
 	// stream serialization.
@@ -426,6 +432,18 @@ func (g *gpuDevice) endCapture(abort bool) (uintptr, error) {
 		return 0, err
 	}
 	defer graph.Destroy()
+	if g.pdl && !abort {
+		// What the capture kept of programmatic dependent launch: the programmatic edges
+		// (graphEdges; a driver without cuGraphGetEdges_v2 leaves it unknown).
+		if types, err := graph.EdgeTypes(); err == nil {
+			g.graphEdges.known, g.graphEdges.total, g.graphEdges.programmatic = true, len(types), 0
+			for _, t := range types {
+				if t == drv.DependencyProgrammatic {
+					g.graphEdges.programmatic++
+				}
+			}
+		}
+	}
 	if abort {
 		return 0, nil
 	}
