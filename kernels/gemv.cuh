@@ -55,6 +55,19 @@ __device__ __forceinline__ void qvl_gemv_round(float (&acc)[R][M], const uint4 (
     }
 }
 
+// qvl_gemv_tail sums the last K8 mod (32·U) uint4s of the R rows at wr (the columns from full
+// on, this lane's every 32nd) into acc, after the rounds: one 16-byte load of each row at a time.
+template <int M, int R, bool XS>
+__device__ __forceinline__ void qvl_gemv_tail(float (&acc)[R][M], const uint4* const (&wr)[R], const uint4* x4, int K8,
+                                              int full, int lane) {
+    for (int i = full + lane; i < K8; i += 32) {
+        uint4 wt[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) wt[r] = __ldcs(wr[r] + i);
+        qvl_gemv_chunk<M, R, XS>(acc, wt, x4, K8, i);
+    }
+}
+
 // qvl_gemv_rows sets acc[r][m] to this lane's share of Σ_k x[m, k]·W[n0 + r·rs, k] (a warp's 32
 // lanes together hold the sums): R consecutive rows (rs = 1), or rows rs apart (qvl_gemv_glu:
 // gate row i and up row I + i). Rows past N re-read row N−1 (their sums are not stored).
@@ -111,12 +124,10 @@ __device__ __forceinline__ void qvl_gemv_rows(float (&acc)[R][M], const qvl_bf16
                     for (int r = 0; r < R; r++) wv[r][u] = nv[r][u];
             }
         }
-        for (int i = full + lane; i < K8; i += 32) {  // the last K8 mod STEP uint4s of the row
-            uint4 wt[R];
+        const uint4* w4[R];
 #pragma unroll
-            for (int r = 0; r < R; r++) wt[r] = __ldcs(reinterpret_cast<const uint4*>(wr[r]) + i);
-            qvl_gemv_chunk<M, R, XS>(acc, wt, x4, K8, i);
-        }
+        for (int r = 0; r < R; r++) w4[r] = reinterpret_cast<const uint4*>(wr[r]);
+        qvl_gemv_tail<M, R, XS>(acc, w4, x4, K8, full, lane);
     } else {
         for (int k = lane; k < K; k += 32) {
             float wf[R];
@@ -179,12 +190,7 @@ __device__ __forceinline__ void qvl_gemv_rows_next(float (&acc)[R][M], uint4 (&w
                 for (int r = 0; r < R; r++) wv[r][u] = nv[r][u];
         }
     }
-    for (int i = full + lane; i < K8; i += 32) {  // the last K8 mod STEP uint4s of the row
-        uint4 wt[R];
-#pragma unroll
-        for (int r = 0; r < R; r++) wt[r] = __ldcs(wr[r] + i);
-        qvl_gemv_chunk<M, R, XS>(acc, wt, x4, K8, i);
-    }
+    qvl_gemv_tail<M, R, XS>(acc, wr, x4, K8, full, lane);
 }
 
 // qvl_gemv_prefetch asks L2 for the start of this warp's first row group — the first 4 KB of
